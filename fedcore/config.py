@@ -1,0 +1,257 @@
+"""Typed, validated experiment config.
+
+Everything a run depends on lives here, so a config can be checked before any model, data or
+Ray worker exists. Errors are raised as `ConfigError` with one line per problem naming the field,
+the value and what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field, the value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    # A source URI: hf:<name>[?...], csv:<path>[?...], tsv:<path>[?...], sklearn:digits,
+    # synthetic:topics[?...]. See fedcore/data/sources.py for the query parameters.
+    source: str = "synthetic:topics"
+    # Optional separate test source; without it the source's own test split is used, or a
+    # stratified split of the training pool (test_fraction) when the source has none.
+    test_source: str | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_len: int = Field(64, ge=4, le=4096)
+    vocab_size: int = Field(20000, ge=10)
+    # Bound the class-balanced global test set (stratified subsample); None keeps all of it.
+    max_test_samples: int | None = Field(None, ge=1)
+    # Use at most this many training samples (stratified subsample); None keeps all.
+    max_train_samples: int | None = Field(None, ge=1)
+
+    @field_validator("source", "test_source")
+    @classmethod
+    def _check_source(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from fedcore.data.sources import check_uri
+
+        check_uri(v)
+        return v
+
+
+class PartitionConfig(_Strict):
+    kind: Literal["iid", "dirichlet"] = "dirichlet"
+    alpha: float = 0.5
+    num_clients: int = Field(10, ge=1)
+    # Held-out fraction of each client's partition for the `local_split` protocol.
+    local_test_fraction: float = Field(0.2, ge=0, lt=1)
+    # The paper drops clients that receive no sample; "error" refuses such a partition.
+    empty_clients: Literal["drop", "error"] = "drop"
+    seed: int | None = None  # None: derived from run.seed
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be > 0, got {v}; allowed: any positive number (Dirichlet concentration)")
+        return v
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # None: peft's default target modules for the architecture (query/value for BERT,
+    # q_lin/v_lin for DistilBERT).
+    target_modules: list[str] | None = None
+
+
+class ModelConfig(_Strict):
+    # textcnn | mlp | minilm-l6 | tiny-bert | tiny-distilbert | any hub id (online)
+    name: str = "textcnn"
+    # lora: LoRA adapters + head trainable; full: every weight trainable; head: only the head.
+    # None picks the model's natural default: lora for transformers, full for textcnn/mlp.
+    tuning: Literal["lora", "full", "head"] | None = None
+    # pretrained weights (where the model has them) or random initialisation
+    init: Literal["pretrained", "random"] = "pretrained"
+    lora: LoraConfig = LoraConfig()
+    # TextCNN (Kim 2014; defaults give the paper's ~2.7M parameters with a 20k vocabulary)
+    embed_dim: int = Field(128, ge=1)
+    num_filters: int = Field(100, ge=1)
+    kernel_sizes: list[int] = [3, 4, 5]
+    dropout: float = Field(0.5, ge=0, lt=1)
+    hidden: int = Field(128, ge=1)  # MLP width
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from fedcore.models import check_model_name
+
+        check_model_name(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tuning_fits_model(self) -> "ModelConfig":
+        from fedcore.models import is_transformer
+
+        if self.tuning is None:
+            object.__setattr__(self, "tuning", "lora" if is_transformer(self.name) else "full")
+        elif self.tuning != "full" and not is_transformer(self.name):
+            raise ValueError(
+                f"model.tuning: {self.tuning!r} needs a transformer encoder, but {self.name!r} "
+                f"is trained from scratch; allowed for {self.name!r}: 'full'"
+            )
+        return self
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class MethodConfig(_Strict):
+    name: str = "fedavg"
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_method(self) -> "MethodConfig":
+        from fedcore.methods import METHODS
+
+        if self.name not in METHODS:
+            raise ValueError(
+                f"method.name: unknown method {self.name!r}; allowed: {', '.join(sorted(METHODS))}"
+            )
+        METHODS[self.name].parse_params(self.params)
+        return self
+
+
+class EvalConfig(_Strict):
+    protocol: Literal["local_split", "class_filtered"] = "local_split"
+    every: int = Field(1, ge=1)  # evaluate every N rounds (and always at the last round)
+    max_samples_per_client: int | None = Field(None, ge=1)
+    batch_size: int = Field(256, ge=1)
+    # many/medium/few groups by global training count per class: > many_min is Many,
+    # few_max < n <= many_min is Medium, <= few_max is Few.
+    many_min: int = 100
+    few_max: int = 20
+
+
+class RunConfig(_Strict):
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    eval: EvalConfig = EvalConfig()
+    rounds: int = Field(10, ge=1)
+    clients_per_round: int | None = Field(None, ge=1)  # None: every client, every round
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_local_steps: int | None = Field(None, ge=1)  # cap on optimizer steps per client-round
+    seed: int = 0
+    device: str = "cpu"
+    torch_threads: int | None = Field(None, ge=1)
+    cache_dir: str | None = None  # tokenized-tensor cache; None: $FEDCORE_CACHE or ~/.cache/fedcore
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        n = self.partition.num_clients
+        if self.clients_per_round is not None and self.clients_per_round > n:
+            raise ValueError(
+                f"clients_per_round: {self.clients_per_round} is more than partition.num_clients "
+                f"({n}); allowed: 1..{n}"
+            )
+        if self.model.tuning == "lora":
+            from fedcore.models import lora_width
+
+            width = lora_width(self.model)
+            if width is not None and self.model.lora.r > width:
+                raise ValueError(
+                    f"model.lora.r: rank {self.model.lora.r} is above the width {width} of "
+                    f"{self.model.name}'s LoRA target layers; allowed: 1..{width}"
+                )
+        from fedcore.methods import METHODS
+
+        if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
+            raise ValueError(
+                f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "
+                f"is {self.model.tuning!r}; allowed: model.tuning 'lora'"
+            )
+        return self
+
+    @property
+    def partition_seed(self) -> int:
+        return self.seed if self.partition.seed is None else self.partition.seed
+
+    def fingerprint(self) -> str:
+        """Stable hash of what a round computes (used to refuse restoring another run's state).
+
+        Leaves out the round budget (a run may be extended) and where it runs (threads, device,
+        cache), which do not change what a round computes.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"rounds", "device", "torch_threads", "cache_dir"}),
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        # validators that already name their field (cross-field checks) say it themselves
+        line = msg if re.match(r"^[\w.]+: ", msg) else f"{loc}: {msg}"
+        value = e.get("input")
+        if not isinstance(value, (dict, list, type(None))) and str(value) not in line:
+            line += f" (got {value!r})"
+        lines.append(line)
+    return "invalid config: " + "; ".join(lines)
+
+
+def make_config(data: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """Build a RunConfig from a nested dict plus dotted overrides, raising ConfigError."""
+    merged: dict[str, Any] = json.loads(json.dumps(data or {}))
+    for key, value in overrides.items():
+        set_dotted(merged, key, value)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.replace("__", ".").split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML config file (optional) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file: {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file: {str(p)!r} must hold a mapping at the top level")
+        data = loaded
+    return make_config(data, **(overrides or {}))

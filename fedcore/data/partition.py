@@ -1,0 +1,123 @@
+"""Partitioners: IID and Dirichlet label skew, plus client test splits.
+
+All functions return index arrays into the training pool and are deterministic given the seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class PartitionError(ValueError):
+    pass
+
+
+@dataclass
+class Partition:
+    clients: list[np.ndarray]  # training indices per active client
+    client_ids: list[int]  # original client number of each active client
+    dropped: list[int]  # client numbers that received no sample
+
+
+def dirichlet_label_skew(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """METHODS.md 1.2, as the FM Fairness Paradox notebook does it.
+
+    One RandomState seeded once; for each class c in order: shuffle its indices, draw
+    p ~ Dir(alpha * 1_K), give client k floor(p_k * n_c) samples, the last client takes the
+    remainder, and hand out contiguous slices of the shuffled indices.
+    """
+    rng = np.random.RandomState(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in range(int(labels.max()) + 1 if len(labels) else 0):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        p = rng.dirichlet(np.repeat(alpha, num_clients))
+        counts = (p * len(idx)).astype(int)
+        counts[-1] = len(idx) - counts[:-1].sum()
+        start = 0
+        for k in range(num_clients):
+            parts[k].append(idx[start : start + counts[k]])
+            start += counts[k]
+    return [np.concatenate(p).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def iid(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
+    perm = np.random.RandomState(seed).permutation(num_samples)
+    return [a.astype(np.int64) for a in np.array_split(perm, num_clients)]
+
+
+def partition(labels: np.ndarray, kind: str, num_clients: int, alpha: float, seed: int,
+              empty_clients: str = "drop") -> Partition:
+    if num_clients > len(labels):
+        raise PartitionError(
+            f"partition.num_clients: {num_clients} clients for {len(labels)} training samples; "
+            f"allowed: at most {len(labels)}"
+        )
+    if kind == "iid":
+        parts = iid(len(labels), num_clients, seed)
+    elif kind == "dirichlet":
+        parts = dirichlet_label_skew(labels, num_clients, alpha, seed)
+    else:
+        raise PartitionError(f"partition.kind: unknown {kind!r}; allowed: iid, dirichlet")
+    dropped = [k for k, p in enumerate(parts) if len(p) == 0]
+    if dropped and empty_clients == "error":
+        raise PartitionError(
+            f"partition: clients {dropped} received no sample (alpha={alpha}, seed={seed}); "
+            f"set partition.empty_clients='drop' to run with the others"
+        )
+    keep = [k for k, p in enumerate(parts) if len(p) > 0]
+    return Partition([parts[k] for k in keep], keep, dropped)
+
+
+def local_split(clients: list[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Hold out floor(fraction * n_k) of each client's samples (at least one when n_k >= 2).
+
+    A client with a single sample keeps it for training and has an empty test split, which the
+    metrics report as missing rather than as zero.
+    """
+    train, test = [], []
+    for k, idx in enumerate(clients):
+        rng = np.random.default_rng([seed, 0x7E57, k])
+        perm = idx[rng.permutation(len(idx))]
+        n_test = int(np.floor(fraction * len(idx)))
+        if fraction > 0 and n_test == 0 and len(idx) >= 2:
+            n_test = 1
+        test.append(np.sort(perm[:n_test]))
+        train.append(np.sort(perm[n_test:]))
+    return train, test
+
+
+def class_filtered(train_labels: np.ndarray, clients: list[np.ndarray], test_labels: np.ndarray) -> list[np.ndarray]:
+    """The paper's protocol: the global test set restricted to each client's training classes."""
+    out = []
+    for idx in clients:
+        present = np.unique(train_labels[idx])
+        out.append(np.where(np.isin(test_labels, present))[0].astype(np.int64))
+    return out
+
+
+def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of about n samples keeping class proportions (sorted)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, 0x5AB])
+    classes = np.unique(labels)
+    picked = []
+    for c in classes:
+        idx = np.where(labels == c)[0]
+        take = max(1, int(round(n * len(idx) / len(labels))))
+        picked.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def cap_per_client(indices: list[np.ndarray], cap: int | None, seed: int) -> list[np.ndarray]:
+    if cap is None:
+        return indices
+    out = []
+    for k, idx in enumerate(indices):
+        if len(idx) > cap:
+            rng = np.random.default_rng([seed, 0xCA9, k])
+            idx = np.sort(rng.choice(idx, size=cap, replace=False))
+        out.append(idx)
+    return out

@@ -1,0 +1,163 @@
+"""The round loop: sample a cohort, run its local updates, aggregate, evaluate all clients,
+and save/restore everything a round depends on.
+
+Randomness is derived, not carried: the partition from the partition seed, the cohort of round t
+from (seed, t), and each client's shuffling and dropout from (seed, t, client). A run restored
+after round t therefore continues exactly as the uninterrupted run would.
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedcore.config import RunConfig
+from fedcore.data import FederatedData, load_federated, take
+from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
+from fedcore.local import DivergedError
+from fedcore.methods import get_method
+from fedcore.metrics import class_summary, client_accuracies, client_summary
+from fedcore.models import build_model, count_params
+
+STATE_VERSION = 1
+
+
+class Federation:
+    def __init__(self, cfg: RunConfig, data: FederatedData | None = None):
+        self.cfg = cfg
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self.data = data if data is not None else load_federated(cfg)
+        torch.manual_seed(derive_seed(cfg.seed, 0, 0, 2))  # model initialisation
+        self.model = build_model(cfg.model, self.data.num_classes, self.data.vocab_size,
+                                 self.data.in_features).to(cfg.device)
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.method = get_method(cfg.method.name, cfg.method.params)
+        self.executor = SequentialExecutor()
+        self.global_state = snapshot(self.params)
+        self.server_state = self.method.init_server_state(self.global_state)
+        self.round = 0
+        self.history: list[dict[str, float]] = []
+        self.total_params, self.trainable_params = count_params(self.model)
+        self._train_counts = self.data.train_class_counts()
+
+    # --- one round ---------------------------------------------------------------------------
+    def sample_clients(self, round_: int) -> list[int]:
+        n, m = self.data.num_clients, self.cfg.clients_per_round
+        if m is None or m >= n:
+            return list(range(n))
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, round_, 0, 3))
+        return sorted(rng.choice(n, size=m, replace=False).tolist())
+
+    def run_round(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        round_ = self.round + 1
+        cohort = self.sample_clients(round_)
+        updates = self.executor.run(self, cohort, round_)
+        new_global, new_server = self.method.aggregate(self.global_state, self.server_state, updates)
+        bad = [k for k, v in new_global.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise DivergedError(f"round {round_}: aggregated weights are not finite ({bad[0]})")
+        self.global_state, self.server_state, self.round = new_global, new_server, round_
+        n = np.array([u.num_samples for u in updates], dtype=np.float64)
+        losses = np.array([u.metrics["train_loss"] for u in updates])
+        metrics: dict[str, float] = {"round": float(round_), "cohort_size": float(len(cohort)),
+                                     "train_loss": float((losses * n).sum() / n.sum())}
+        t_train = time.perf_counter() - t0
+        if round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds:
+            metrics.update(self.evaluate())
+        metrics["seconds"] = time.perf_counter() - t0
+        metrics["train_seconds"] = t_train
+        self.history.append(metrics)
+        return metrics
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, inputs: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> np.ndarray:
+        """Predicted class of each row (all rows when `rows` is None), in the order given."""
+        self.model.eval()
+        n = len(next(iter(inputs.values()))) if rows is None else len(rows)
+        rows_t = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        order = torch.arange(n)
+        if "lengths" in inputs and n:  # batch similar lengths together: less padding
+            order = torch.argsort(inputs["lengths"][rows_t], stable=True)
+        out = torch.empty(n, dtype=torch.long)
+        for start in range(0, n, self.cfg.eval.batch_size):
+            sel = order[start:start + self.cfg.eval.batch_size]
+            batch = {k: v.to(self.cfg.device) for k, v in take(inputs, rows_t[sel]).items()}
+            out[sel] = self.model(batch).argmax(-1).cpu()
+        return out.numpy()
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the global model for ALL clients and on the balanced global test set."""
+        load_state(self.params, self.global_state)
+        d = self.data
+        test_pred = self.predict(d.test_inputs)
+        test_y = d.test_labels.numpy()
+        out = class_summary(test_pred, test_y, d.num_classes, self._train_counts,
+                            self.cfg.eval.many_min, self.cfg.eval.few_max)
+        if d.client_test_on == "test":
+            correct = [(test_pred[i] == test_y[i]) for i in d.client_test]
+        else:
+            # one pass over the union of the clients' test rows, then split back per client
+            rows = np.concatenate(d.client_test) if d.client_test else np.zeros(0, np.int64)
+            hit = self.predict(d.train_inputs, rows) == d.train_labels.numpy()[rows]
+            correct = np.split(hit, np.cumsum([len(i) for i in d.client_test])[:-1])
+        acc = client_accuracies(correct)
+        self.client_acc = acc
+        out.update(client_summary(acc))
+        return out
+
+    # --- the whole run -----------------------------------------------------------------------
+    def run(self, rounds: int | None = None, on_round=None) -> list[dict[str, float]]:
+        target = self.cfg.rounds if rounds is None else rounds
+        while self.round < target:
+            m = self.run_round()
+            if on_round is not None:
+                on_round(m)
+        return self.history
+
+    # --- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.cfg.fingerprint(),
+            "round": self.round,
+            "global": {k: v.clone() for k, v in self.global_state.items()},
+            "server": {k: v.clone() for k, v in self.server_state.items()},
+            "history": [dict(h) for h in self.history],
+            "rng": {"torch": torch.get_rng_state(), "numpy": torch.as_tensor(np.random.get_state()[1].astype(np.int64)),
+                    "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])},
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {sd.get('version')} is not {STATE_VERSION}")
+        if sd["fingerprint"] != self.cfg.fingerprint():
+            raise ValueError("this state was saved by a run with a different config; refusing to restore it")
+        missing = set(self.global_state) - set(sd["global"])
+        if missing:
+            raise ValueError(f"state lacks weights {sorted(missing)[:3]}")
+        self.round = int(sd["round"])
+        self.global_state = {k: v.to(self.cfg.device) for k, v in sd["global"].items()}
+        self.server_state = dict(sd["server"])
+        self.history = [dict(h) for h in sd["history"]]
+        rng = sd["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        random.setstate((3, tuple(rng["python"]), None))
+        load_state(self.params, self.global_state)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    def restore(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(Path(path), weights_only=True))

@@ -1,0 +1,58 @@
+"""The one local-training loop. Methods plug in through LocalContext hooks:
+on_local_start, local_loss, after_backward (see methods/base.py)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedcore.data import take
+from fedcore.methods.base import LocalContext, Method
+
+
+class DivergedError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+def make_optimizer(ocfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if ocfg.name == "sgd":
+        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, weight_decay=ocfg.weight_decay)
+    if ocfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
+    return torch.optim.Adam(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
+
+
+def train_local(model: torch.nn.Module, method: Method, ctx: LocalContext, inputs: dict[str, torch.Tensor],
+                labels: torch.Tensor, idx: np.ndarray, *, epochs: int, batch_size: int, ocfg,
+                generator: torch.Generator, device: str = "cpu", max_steps: int | None = None) -> dict[str, float]:
+    """Train `model` in place on rows `idx` of the pool; returns the mean loss and step count.
+
+    The optimizer is fresh for every client and round (as in the papers' code: no optimizer state
+    crosses clients).
+    """
+    model.train()
+    opt = make_optimizer(ocfg, [p for _, p in ctx.params])
+    method.on_local_start(ctx)
+    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
+    for _ in range(epochs):
+        order = idx_t[torch.randperm(len(idx_t), generator=generator)]
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = {k: v.to(device, non_blocking=True) for k, v in take(inputs, rows).items()}
+            y = labels[rows].to(device, non_blocking=True)
+            loss = method.local_loss(model(batch), y, ctx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            method.after_backward(ctx)
+            opt.step()
+            loss_sum += loss.detach().to(torch.float64)
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        if max_steps is not None and steps >= max_steps:
+            break
+    mean_loss = float(loss_sum) / max(steps, 1)
+    if not np.isfinite(mean_loss):  # checked once per client: no per-step host sync
+        raise DivergedError(f"training loss became {mean_loss} on client {ctx.client} in round {ctx.round}")
+    return {"train_loss": mean_loss, "steps": float(steps)}

@@ -1,0 +1,19 @@
+"""Method registry: the names users type (DESIGN.md "Names users type")."""
+from __future__ import annotations
+
+from fedcore.methods.base import ClientUpdate, LocalContext, Method
+from fedcore.methods.fedavg import FedAvg
+from fedcore.methods.fedavgw import FedAvgW
+from fedcore.methods.fedit import FedIT
+from fedcore.methods.fedprox import FedProx
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FedAvg, FedProx, FedAvgW, FedIT)}
+
+
+def get_method(name: str, params: dict | None = None) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method.name: unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+    return METHODS[name](params or {})
+
+
+__all__ = ["METHODS", "get_method", "Method", "ClientUpdate", "LocalContext"]

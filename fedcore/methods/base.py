@@ -1,0 +1,107 @@
+"""The hooks a federated method supplies; the engine (local.py, federation.py) owns the loop.
+
+Shaped after pfl-research's FederatedAveraging and Flower's Strategy: a small class with frozen,
+typed hyperparameters. Everything a method exchanges is a dict name -> tensor over the model's
+trainable parameters; frozen weights stay in the one resident model and never travel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+State = dict[str, torch.Tensor]
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class ClientUpdate:
+    client: int  # index of the client among the active clients
+    num_samples: int  # training samples the client holds
+    state: State  # its trainable tensors after local training
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LocalContext:
+    """What a method's local hooks may read: which round and client, and scratch space."""
+
+    round: int
+    client: int
+    num_samples: int
+    params: list[tuple[str, torch.nn.Parameter]]
+    start_state: State
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    requires_lora: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel | dict | None = None):
+        self.params = params if isinstance(params, BaseModel) else self.parse_params(params or {})
+
+    @classmethod
+    def parse_params(cls, params: dict[str, Any]) -> BaseModel:
+        try:
+            return cls.Params.model_validate(params)
+        except ValidationError as err:
+            e = err.errors()[0]
+            field_name = ".".join(str(p) for p in e["loc"])
+            allowed = ", ".join(cls.Params.model_fields) or "none"
+            raise ValueError(
+                f"method.params.{field_name}: {e['msg']} (got {e.get('input')!r}) for method "
+                f"{cls.name!r}; its parameters: {allowed}"
+            ) from None
+
+    # --- server side -------------------------------------------------------------------------
+    def init_server_state(self, global_state: State) -> State:
+        return {}
+
+    def client_start_state(self, global_state: State, server_state: State, client: int) -> State:
+        """What the server sends client `client` (default: the global trainable weights)."""
+        return global_state
+
+    def aggregate(self, global_state: State, server_state: State,
+                  updates: list[ClientUpdate]) -> tuple[State, State]:
+        """Pure function of (server state, client updates) -> (new global, new server state)."""
+        raise NotImplementedError
+
+    # --- client side -------------------------------------------------------------------------
+    def on_local_start(self, ctx: LocalContext) -> None:
+        pass
+
+    def local_loss(self, logits: torch.Tensor, labels: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def after_backward(self, ctx: LocalContext) -> None:
+        """Optional gradient transform, applied before the optimizer step."""
+
+
+def size_weights(updates: list[ClientUpdate]) -> torch.Tensor:
+    n = torch.tensor([u.num_samples for u in updates], dtype=torch.float64)
+    return n / n.sum()
+
+
+def weighted_average(states: list[State], weights: torch.Tensor, keys=None) -> State:
+    """sum_k w_k * state_k[key] for each key (in float64, cast back to the tensor's dtype)."""
+    keys = list(states[0]) if keys is None else keys
+    out = {}
+    for key in keys:
+        acc = torch.zeros_like(states[0][key], dtype=torch.float64)
+        for w, s in zip(weights.tolist(), states):
+            acc.add_(s[key].to(torch.float64), alpha=w)
+        out[key] = acc.to(states[0][key].dtype)
+    return out
+
+
+def is_lora_key(key: str) -> bool:
+    return "lora_" in key

@@ -1,0 +1,84 @@
+"""Metrics with the definitions pinned in DESIGN.md (accuracies are fractions in [0, 1]).
+
+Client level (over ALL clients, not only this round's cohort): acc_k on client k's test split;
+mean_client_acc (unweighted mean), worst_client_acc (min), gap = mean - worst, spread = best -
+worst, client_acc_std (population std), bottom10_client_acc (mean of the lowest ceil(10%) of
+clients). A client whose test split is empty has no accuracy: it is left out of these and counted
+in `clients_without_test`.
+
+Class level, on the class-balanced global test set: global_acc, class_acc/<c>, balancedness =
+min over classes of class accuracy (worst-class accuracy), balance_ratio = min / max, and
+many_acc / medium_acc / few_acc, the mean class accuracy over classes grouped by their global
+training count (> many_min, few_max < n <= many_min, <= few_max). A group with no class is NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+CLIENT_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "spread", "client_acc_std",
+               "bottom10_client_acc", "best_client_acc")
+CLASS_KEYS = ("global_acc", "balancedness", "balance_ratio", "many_acc", "medium_acc", "few_acc")
+
+
+def client_accuracies(correct_per_client: list[np.ndarray]) -> np.ndarray:
+    """acc_k for each client from boolean arrays of per-sample correctness (NaN if empty)."""
+    return np.array([c.mean() if len(c) else np.nan for c in correct_per_client], dtype=np.float64)
+
+
+def client_summary(acc: np.ndarray) -> dict[str, float]:
+    valid = np.sort(acc[~np.isnan(acc)])
+    out: dict[str, float] = {"clients_without_test": float(np.isnan(acc).sum()),
+                             "num_eval_clients": float(len(valid))}
+    if len(valid) == 0:
+        return {**out, **{k: math.nan for k in CLIENT_KEYS}}
+    mean, worst, best = float(valid.mean()), float(valid[0]), float(valid[-1])
+    tail = max(1, math.ceil(0.1 * len(valid)))
+    out.update(mean_client_acc=mean, worst_client_acc=worst, best_client_acc=best, gap=mean - worst,
+               spread=best - worst, client_acc_std=float(valid.std()),
+               bottom10_client_acc=float(valid[:tail].mean()))
+    return out
+
+
+def class_accuracies(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    correct = np.bincount(labels, weights=(preds == labels).astype(np.float64), minlength=num_classes)
+    total = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def class_summary(preds: np.ndarray, labels: np.ndarray, num_classes: int, train_counts: np.ndarray,
+                  many_min: int = 100, few_max: int = 20) -> dict[str, float]:
+    acc = class_accuracies(preds, labels, num_classes)
+    present = acc[~np.isnan(acc)]
+    out: dict[str, float] = {"global_acc": float((preds == labels).mean()) if len(labels) else math.nan}
+    if len(present):
+        lo, hi = float(present.min()), float(present.max())
+        out["balancedness"] = lo
+        out["balance_ratio"] = lo / hi if hi > 0 else 0.0
+    else:
+        out["balancedness"] = out["balance_ratio"] = math.nan
+    groups = {"many_acc": train_counts > many_min,
+              "medium_acc": (train_counts > few_max) & (train_counts <= many_min),
+              "few_acc": train_counts <= few_max}
+    for key, mask in groups.items():
+        vals = acc[mask & ~np.isnan(acc)]
+        out[key] = float(vals.mean()) if len(vals) else math.nan
+    for c in range(num_classes):
+        out[f"class_acc/{c}"] = float(acc[c])
+    return out
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain fixed-width table for terminal output."""
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

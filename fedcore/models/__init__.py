@@ -1,0 +1,58 @@
+"""Model catalogue: names users type, and building a model for a dataset."""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from fedcore.models.hf_text import HUB_ALIASES, TINY, WIDTHS, build_hf_classifier
+from fedcore.models.textcnn import MLP, TextCNN
+
+SCRATCH_MODELS = ("textcnn", "mlp")
+CATALOGUE = ("textcnn", "mlp", "minilm-l6", *TINY, *HUB_ALIASES)
+_HUB_ID = re.compile(r"^(hf:)?[\w.-]+/[\w.-]+$")
+
+
+def is_transformer(name: str) -> bool:
+    return name not in SCRATCH_MODELS
+
+
+def check_model_name(name: str) -> None:
+    if name in CATALOGUE or _HUB_ID.match(name) or name.startswith("hf:"):
+        return
+    raise ValueError(
+        f"unknown model {name!r}; allowed: {', '.join(CATALOGUE)}, or a hub id such as "
+        f"'org/model' or 'hf:<id>' (online)"
+    )
+
+
+def lora_width(mcfg) -> int | None:
+    """Width of the LoRA target layers where known without loading the model."""
+    return WIDTHS.get(mcfg.name)
+
+
+def input_kind(name: str) -> str:
+    return "features" if name == "mlp" else "text"
+
+
+def build_model(mcfg, num_classes: int, vocab_size: int | None = None, in_features: int | None = None) -> nn.Module:
+    if mcfg.name == "textcnn":
+        return TextCNN(vocab_size, num_classes, mcfg.embed_dim, mcfg.num_filters,
+                       tuple(mcfg.kernel_sizes), mcfg.dropout)
+    if mcfg.name == "mlp":
+        return MLP(in_features, num_classes, mcfg.hidden)
+    return build_hf_classifier(mcfg, num_classes, vocab_size or 30522)
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, train
+
+
+__all__ = ["build_model", "check_model_name", "is_transformer", "lora_width", "trainable_names",
+           "count_params", "CATALOGUE", "TextCNN", "MLP"]

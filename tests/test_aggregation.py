@@ -1,0 +1,81 @@
+import torch
+import pytest
+
+from fedcore.methods import get_method
+from fedcore.methods.base import ClientUpdate, LocalContext
+
+KEYS = ("layer.lora_A.weight", "layer.lora_B.weight", "classifier.weight")
+
+
+def updates(ns=(10, 30, 60)):
+    g = torch.Generator().manual_seed(0)
+    return [ClientUpdate(k, n, {key: torch.randn(3, 2, generator=g) for key in KEYS}) for k, n in enumerate(ns)]
+
+
+def manual(ups, weights, key):
+    return sum(w * u.state[key] for w, u in zip(weights, ups))
+
+
+def test_fedavg_is_size_weighted_mean():
+    ups = updates()
+    out, server = get_method("fedavg").aggregate({}, {}, ups)
+    for key in KEYS:
+        torch.testing.assert_close(out[key], manual(ups, [0.1, 0.3, 0.6], key))
+    assert server == {}
+
+
+def test_fedavgw_inverse_weights_on_lora_size_weights_on_head():
+    ups = updates()
+    beta = 0.5
+    inv = torch.tensor([10.0, 30.0, 60.0]) ** -beta
+    w_lora = (inv / inv.sum()).tolist()
+    out, _ = get_method("fedavgw", {"beta": beta}).aggregate({}, {}, ups)
+    torch.testing.assert_close(out["layer.lora_A.weight"], manual(ups, w_lora, "layer.lora_A.weight"))
+    torch.testing.assert_close(out["layer.lora_B.weight"], manual(ups, w_lora, "layer.lora_B.weight"))
+    torch.testing.assert_close(out["classifier.weight"], manual(ups, [0.1, 0.3, 0.6], "classifier.weight"))
+    # the small client gets the largest LoRA weight
+    assert w_lora[0] > w_lora[1] > w_lora[2]
+
+
+def test_fedavgw_beta_zero_is_uniform_on_lora():
+    ups = updates()
+    out, _ = get_method("fedavgw", {"beta": 0.0}).aggregate({}, {}, ups)
+    torch.testing.assert_close(out["layer.lora_A.weight"], manual(ups, [1 / 3] * 3, "layer.lora_A.weight"))
+    torch.testing.assert_close(out["classifier.weight"], manual(ups, [0.1, 0.3, 0.6], "classifier.weight"))
+
+
+def test_fedit_averages_factors_not_products():
+    ups = updates((1, 1, 2))
+    out, _ = get_method("fedit").aggregate({}, {}, ups)
+    a = manual(ups, [0.25, 0.25, 0.5], "layer.lora_A.weight")
+    b = manual(ups, [0.25, 0.25, 0.5], "layer.lora_B.weight")
+    torch.testing.assert_close(out["layer.lora_A.weight"], a)
+    torch.testing.assert_close(out["layer.lora_B.weight"], b)
+    ab = [u.state["layer.lora_B.weight"].T @ u.state["layer.lora_A.weight"] for u in ups]
+    avg_product = 0.25 * ab[0] + 0.25 * ab[1] + 0.5 * ab[2]
+    assert not torch.allclose(b.T @ a, avg_product)  # FedIT's known inexactness
+
+
+def test_fedit_refuses_updates_without_lora():
+    ups = [ClientUpdate(0, 1, {"w": torch.ones(2)})]
+    with pytest.raises(ValueError, match="no LoRA factors"):
+        get_method("fedit").aggregate({}, {}, ups)
+
+
+def test_fedprox_gradient_is_the_proximal_term_gradient():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4))
+    start = {"w": torch.randn(4)}
+    method = get_method("fedprox", {"mu": 0.3})
+    ctx = LocalContext(round=1, client=0, num_samples=1, params=[("w", w)], start_state=start)
+    task = (w ** 2).sum()
+    task.backward()
+    method.after_backward(ctx)
+    ref = torch.nn.Parameter(w.detach().clone())
+    (ref ** 2).sum().add(method.proximal_term([("w", ref)], start, 0.3)).backward()
+    torch.testing.assert_close(w.grad, ref.grad)
+
+
+def test_unknown_method_param_is_named():
+    with pytest.raises(ValueError, match=r"method.params.mu.*fedavgw.*beta"):
+        get_method("fedavgw", {"mu": 1.0})

@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+from fedcore.methods import METHODS
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fedcore.run", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_list_methods_prints_names_first():
+    out = run("--list-methods")
+    assert out.returncode == 0
+    names = [line.split("\t")[0] for line in out.stdout.strip().splitlines()]
+    assert names == list(METHODS) and {"fedavg", "fedprox", "fedavgw", "fedit"} <= set(names)
+
+
+def test_bad_config_exits_2_with_one_line():
+    out = run("--alpha", "0", "--rounds", "1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: invalid config: partition.alpha: must be > 0, got 0.0; allowed: any positive number (Dirichlet concentration)"]
+    assert "Traceback" not in out.stderr
+
+
+def test_short_run_prints_rounds_table_and_resumes(tmp_path):
+    args = ["--data", "synthetic:topics?n=200&test=40", "--clients", "4", "--rounds", "2",
+            "--set", "model.embed_dim=8", "--set", "model.num_filters=4", "--max-len", "16",
+            "--checkpoint", str(tmp_path / "ck.pt"), "--json-out", str(tmp_path / "out.json")]
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert sum(line.startswith("round ") for line in lines) == 2
+    assert any("SYNTHETIC" in line for line in lines)
+    assert "per-client accuracy (final round):" in out.stdout
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [h["round"] for h in result["history"]] == [1.0, 2.0]
+    assert len(result["clients"]) == 4
+    # resume to 3 rounds: only round 3 runs, and rounds 1-2 are kept as they were
+    args[args.index("--rounds") + 1] = "3"
+    args[args.index("--json-out") + 1] = str(tmp_path / "out3.json")
+    more = run(*args, "--resume")
+    assert more.returncode == 0, more.stderr
+    assert "resumed   from" in more.stdout
+    assert sum(line.startswith("round ") for line in more.stdout.splitlines()) == 1
+    extended = json.loads((tmp_path / "out3.json").read_text())
+    assert extended["history"][:2] == result["history"][:2]
+    assert extended["history"][2]["round"] == 3.0
+    # a checkpoint of another config is refused with a clear line, not misused
+    args[args.index("--clients") + 1] = "3"
+    other = run(*args, "--resume")
+    assert other.returncode == 2 and "different config" in other.stderr and "Traceback" not in other.stderr

@@ -1,0 +1,45 @@
+import pytest
+
+from fedcore.config import ConfigError, make_config
+from fedcore.federation import Federation
+
+SYN = "synthetic:topics?n=40&test=20"
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"partition.alpha": 0}, r"partition\.alpha: must be > 0.*got 0"),
+    ({"partition.alpha": -1.5}, r"partition\.alpha: must be > 0.*got -1\.5"),
+    ({"method.name": "fedsgd"}, r"unknown method 'fedsgd'; allowed: .*fedavg.*fedprox"),
+    ({"model.name": "textcn"}, r"model\.name: unknown model 'textcn'; allowed: textcnn"),
+    ({"model.name": "minilm-l6", "model.lora.r": 512}, r"model\.lora\.r: rank 512 is above the width 384.*allowed: 1\.\.384"),
+    ({"data.source": "csv:/no/such/file.csv"}, r"data\.source: data file '/no/such/file\.csv' does not exist"),
+    ({"data.source": "parquet:/x"}, r"data\.source: unknown data scheme 'parquet'.*allowed: hf, csv"),
+    ({"data.source": "synthetic:topics?bogus=1"}, r"unknown parameter\(s\) \['bogus'\]"),
+    ({"clients_per_round": 11, "partition.num_clients": 10}, r"clients_per_round: 11 is more than partition\.num_clients \(10\)"),
+    ({"method.name": "fedavgw", "model.name": "textcnn"}, r"'fedavgw' aggregates LoRA factors.*allowed: model\.tuning 'lora'"),
+    ({"model.name": "textcnn", "model.tuning": "lora"}, r"model\.tuning: 'lora' needs a transformer"),
+    ({"method.name": "fedprox", "method.params": {"mu": -1}}, r"method\.params\.mu: .*greater than or equal to 0"),
+    ({"eval.protocol": "global"}, r"eval\.protocol: .*'local_split' or 'class_filtered'"),
+    ({"rounds": 0}, r"rounds: .*greater than or equal to 1"),
+])
+def test_bad_config_raises_one_clear_error(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        make_config({}, **overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_more_clients_than_samples_names_the_field():
+    cfg = make_config({}, **{"data.source": SYN, "partition.num_clients": 100, "partition.kind": "iid"})
+    with pytest.raises(ValueError, match=r"partition\.num_clients: 100 clients for 40 training samples; allowed: at most 40"):
+        Federation(cfg)
+
+
+def test_defaults_follow_the_model():
+    assert make_config({}, **{"model.name": "textcnn"}).model.tuning == "full"
+    assert make_config({}, **{"model.name": "minilm-l6"}).model.tuning == "lora"
+
+
+def test_fingerprint_changes_with_any_field():
+    a = make_config({}, seed=1)
+    assert a.fingerprint() == make_config({}, seed=1).fingerprint()
+    assert a.fingerprint() != make_config({}, seed=2).fingerprint()

@@ -1,0 +1,90 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedcore.config import make_config
+from fedcore.data import load_federated
+from fedcore.data.sources import DataSourceError, load_source
+from fedcore.data.tokenize import cache_dir
+
+
+def test_csv_with_header_and_multi_column_text(tmp_path):
+    f = tmp_path / "train.csv"
+    f.write_text('title,body,label\n"Hello","big world",sports\n"Stocks","fall, again",business\n"Goal","late",sports\n')
+    ds = load_source(f"csv:{f}?text=title,body&label=label")
+    assert ds.train.texts == ["Hello big world", "Stocks fall, again", "Goal late"]
+    assert ds.class_names == ["business", "sports"]  # string labels, sorted
+    assert ds.train.labels.tolist() == [1, 0, 1]
+
+
+def test_csv_without_header_label_offset_and_tsv(tmp_path):
+    f = tmp_path / "test.csv"
+    f.write_text('"3","T one","D one"\n"1","T two","D two"\n')
+    ds = load_source(f"csv:{f}?header=none&text=1,2&label=0&label_offset=1&class_names=a,b,c")
+    assert ds.train.texts == ["T one D one", "T two D two"]
+    assert ds.train.labels.tolist() == [2, 0]
+    assert ds.class_names == ["a", "b", "c"]
+    t = tmp_path / "x.tsv"
+    t.write_text("text\tlabel\nfoo, bar\t0\nbaz\t1\n")
+    ds = load_source(f"tsv:{t}")
+    assert ds.train.texts == ["foo, bar", "baz"] and ds.train.labels.tolist() == [0, 1]
+
+
+def test_csv_missing_column_is_explained(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text("text,label\nx,0\n")
+    with pytest.raises(DataSourceError, match=r"column\(s\) \['body'\] not found; columns are \['text', 'label'\]"):
+        load_source(f"csv:{f}?text=body")
+
+
+def test_hub_unreachable_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataSourceError) as info:
+        load_source("hf:surely_not_cached_dataset_xyz")
+    msg = str(info.value)
+    assert "could not load 'surely_not_cached_dataset_xyz' from the Hugging Face hub" in msg
+    assert "csv:/path/to/train.csv" in msg  # tells the user how to point at a local copy
+
+
+def test_synthetic_is_deterministic_balanced_and_labelled():
+    a = load_source("synthetic:topics?n=200&test=40&classes=3")
+    b = load_source("synthetic:topics?n=200&test=40&classes=3")
+    c = load_source("synthetic:topics?n=200&test=40&classes=3&seed=1")
+    assert a.train.texts == b.train.texts and a.train.labels.tolist() == b.train.labels.tolist()
+    assert a.train.texts != c.train.texts
+    assert a.synthetic and "SYNTHETIC" in a.name and all(n.startswith("synthetic-") for n in a.class_names)
+    assert np.bincount(a.test.labels).tolist() == [14, 13, 13]
+
+
+def test_sklearn_digits_with_mlp():
+    cfg = make_config({}, **{"data.source": "sklearn:digits", "model.name": "mlp", "partition.num_clients": 5})
+    d = load_federated(cfg)
+    assert d.num_classes == 10 and d.in_features == 64
+    assert len(d.train_labels) + len(d.test_labels) == 1797
+    # the test split is stratified and fixed whatever the run seed
+    d2 = load_federated(make_config({}, **{"data.source": "sklearn:digits", "model.name": "mlp", "seed": 5}))
+    assert (d.test_labels == d2.test_labels).all()
+
+
+def test_text_model_on_feature_data_is_refused():
+    cfg = make_config({}, **{"data.source": "sklearn:digits", "model.name": "textcnn"})
+    with pytest.raises(DataSourceError, match="takes text input but 'sklearn:digits' gives features"):
+        load_federated(cfg)
+
+
+def test_tokenized_tensors_are_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDCORE_CACHE", str(tmp_path / "c"))
+    src = "synthetic:topics?n=100&test=20"
+    cfg = make_config({}, **{"data.source": src, "partition.num_clients": 3})
+    d1 = load_federated(cfg)
+    files = sorted(cache_dir().glob("*.pt"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    d2 = load_federated(cfg)
+    assert files[0].stat().st_mtime_ns == stamp  # a hit: nothing rewritten
+    assert (d1.train_inputs["input_ids"] == d2.train_inputs["input_ids"]).all()
+    load_federated(make_config({}, **{"data.source": src + "&seed=3", "partition.num_clients": 3}))
+    assert len(list(cache_dir().glob("*.pt"))) == 2  # other content, other key
