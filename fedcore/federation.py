@@ -17,7 +17,7 @@ import torch
 from fedcore.config import RunConfig
 from fedcore.data import FederatedData, load_federated, take
 from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
-from fedcore.local import DivergedError
+from fedcore.local import DivergedError, make_optimizer
 from fedcore.methods import get_method
 from fedcore.metrics import class_summary, client_accuracies, client_summary
 from fedcore.models import build_model, count_params
@@ -35,6 +35,9 @@ class Federation:
         self.model = build_model(cfg.model, self.data.num_classes, self.data.vocab_size,
                                  self.data.in_features).to(cfg.device)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # torch's first optimizer imports torch._dynamo (~2 s once per process): pay it here, not
+        # in round 1's timing
+        make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])
         self.method = get_method(cfg.method.name, cfg.method.params)
         self.executor = SequentialExecutor()
         self.global_state = snapshot(self.params)
