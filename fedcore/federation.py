@@ -46,6 +46,7 @@ class Federation:
         self.history: list[dict[str, float]] = []
         self.total_params, self.trainable_params = count_params(self.model)
         self._train_counts = self.data.train_class_counts()
+        self._sizes = np.array([len(i) for i in self.data.client_train])
 
     # --- one round ---------------------------------------------------------------------------
     def sample_clients(self, round_: int) -> list[int]:
@@ -68,7 +69,10 @@ class Federation:
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
         losses = np.array([u.metrics["train_loss"] for u in updates])
         metrics: dict[str, float] = {"round": float(round_), "cohort_size": float(len(cohort)),
-                                     "train_loss": float((losses * n).sum() / n.sum())}
+                                     "train_loss": float((losses * n).sum() / n.sum()),
+                                     "num_clients": float(self.data.num_clients),
+                                     "min_client_size": float(self._sizes.min()),
+                                     "max_client_size": float(self._sizes.max())}
         t_train = time.perf_counter() - t0
         if round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds:
             metrics.update(self.evaluate())

@@ -59,3 +59,14 @@ def test_textcnn_default_is_the_papers_size():
     assert 2_600_000 < total < 2_800_000
     logits = model({"input_ids": torch.ones(2, 2, dtype=torch.long)})  # shorter than the widest kernel
     assert logits.shape == (2, 4)
+
+
+def test_unreachable_hub_model_gives_clear_error(monkeypatch):
+    from fedcore.models.hf_text import ModelLoadError, load_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = make_config({}, **{"model.name": "someone/not-cached-model-xyz"})
+    with pytest.raises(ModelLoadError, match=r"could not load 'someone/not-cached-model-xyz' from the Hugging Face hub.*Offline, use minilm-l6"):
+        build_model(cfg.model, 2)
+    with pytest.raises(ModelLoadError, match="Offline, use minilm-l6"):
+        load_tokenizer("someone/not-cached-model-xyz")

@@ -205,7 +205,8 @@ HF_OFFLINE_HELP = (
     "dataset is not in the local datasets cache ({err}). Point data.source at a local copy "
     "instead, e.g. csv:/path/to/train.csv?text=text&label=label (and data.test_source for the "
     "test file), or copy the dataset into the datasets cache (HF_DATASETS_CACHE) on a machine "
-    "with network access."
+    "with network access. Without network, HF_HUB_OFFLINE=1 makes this check fail at once "
+    "instead of after the hub client's retries."
 )
 
 

