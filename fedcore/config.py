@@ -46,8 +46,7 @@ class DataConfig(_Strict):
             return v
         from fedcore.data.sources import check_uri
 
-        check_uri(v)
-        return v
+        return check_uri(v)
 
 
 class PartitionConfig(_Strict):
@@ -58,7 +57,7 @@ class PartitionConfig(_Strict):
     local_test_fraction: float = Field(0.2, ge=0, lt=1)
     # The paper drops clients that receive no sample; "error" refuses such a partition.
     empty_clients: Literal["drop", "error"] = "drop"
-    seed: int | None = None  # None: derived from run.seed
+    seed: int | None = Field(None, ge=0, lt=2**32)  # None: derived from run.seed
 
     @field_validator("alpha")
     @classmethod
@@ -161,13 +160,36 @@ class RunConfig(_Strict):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     max_local_steps: int | None = Field(None, ge=1)  # cap on optimizer steps per client-round
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1)
     cache_dir: str | None = None  # tokenized-tensor cache; None: $FEDCORE_CACHE or ~/.cache/fedcore
 
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, v: str) -> str:
+        import torch
+
+        try:
+            dev = torch.device(v)
+        except RuntimeError:
+            raise ValueError(f"unknown device {v!r}; allowed: cpu, cuda, cuda:<index>") from None
+        if dev.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0 or (dev.index or 0) >= count:
+                raise ValueError(f"{v!r} is not available here ({count} CUDA devices); allowed: cpu"
+                                 + (f", cuda:0..cuda:{count - 1}" if count else ""))
+        elif dev.type != "cpu":
+            raise ValueError(f"device type {dev.type!r} is not supported; allowed: cpu, cuda")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
+        if self.eval.protocol == "local_split" and self.partition.local_test_fraction == 0:
+            raise ValueError(
+                "partition.local_test_fraction: 0 leaves every client without a test split under "
+                "eval.protocol 'local_split'; allowed: 0 < fraction < 1, or eval.protocol 'class_filtered'"
+            )
         n = self.partition.num_clients
         if self.clients_per_round is not None and self.clients_per_round > n:
             raise ValueError(
@@ -212,6 +234,8 @@ def _format_errors(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = _unknown_field(e["loc"])
         # validators that already name their field (cross-field checks) say it themselves
         line = msg if re.match(r"^[\w.]+: ", msg) else f"{loc}: {msg}"
         value = e.get("input")
@@ -219,6 +243,20 @@ def _format_errors(err: ValidationError) -> str:
             line += f" (got {value!r})"
         lines.append(line)
     return "invalid config: " + "; ".join(lines)
+
+
+def _unknown_field(loc: tuple) -> str:
+    """'unknown field' with the section's field names and the closest match."""
+    import difflib
+
+    section: type[BaseModel] | None = RunConfig
+    for part in loc[:-1]:
+        ann = section.model_fields[str(part)].annotation if section and str(part) in section.model_fields else None
+        section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    names = list(section.model_fields) if section else []
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field{hint}; allowed: {', '.join(names)}"
 
 
 def make_config(data: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
@@ -250,7 +288,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file: {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file: {str(p)!r} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file: {str(p)!r} must hold a mapping at the top level")
         data = loaded

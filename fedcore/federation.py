@@ -7,6 +7,7 @@ after round t therefore continues exactly as the uninterrupted run would.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from fedcore.data import FederatedData, load_federated, take
 from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
 from fedcore.local import DivergedError, make_optimizer
 from fedcore.methods import get_method
-from fedcore.metrics import class_summary, client_accuracies, client_summary
+from fedcore.metrics import CLASS_KEYS, CLIENT_KEYS, class_summary, client_accuracies, client_summary
 from fedcore.models import build_model, count_params
 
 STATE_VERSION = 1
@@ -47,6 +48,14 @@ class Federation:
         self.total_params, self.trainable_params = count_params(self.model)
         self._train_counts = self.data.train_class_counts()
         self._sizes = np.array([len(i) for i in self.data.client_train])
+        self._last_eval: dict[str, float] | None = None
+
+    def _nan_eval(self) -> dict[str, float]:
+        """The evaluation keys, all NaN: what rounds before the first evaluation report."""
+        keys = [*CLASS_KEYS, *CLIENT_KEYS, "balanced_acc", "clients_without_test", "num_eval_clients"]
+        keys += [f"class_acc/{c}" for c in range(self.data.num_classes)]
+        keys += [f"client_acc/{k}" for k in self.data.client_ids]
+        return dict.fromkeys(keys, math.nan)
 
     # --- one round ---------------------------------------------------------------------------
     def sample_clients(self, round_: int) -> list[int]:
@@ -74,8 +83,12 @@ class Federation:
                                      "min_client_size": float(self._sizes.min()),
                                      "max_client_size": float(self._sizes.max())}
         t_train = time.perf_counter() - t0
-        if round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds:
-            metrics.update(self.evaluate())
+        evaluated = round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds
+        if evaluated:
+            self._last_eval = self.evaluate()
+        # every key in every round (schedulers read them): between evaluations, the last values
+        metrics.update(self._last_eval or self._nan_eval())
+        metrics["evaluated"] = float(evaluated)
         metrics["seconds"] = time.perf_counter() - t0
         metrics["train_seconds"] = t_train
         self.history.append(metrics)
@@ -114,9 +127,15 @@ class Federation:
             hit = self.predict(d.train_inputs, rows) == d.train_labels.numpy()[rows]
             correct = np.split(hit, np.cumsum([len(i) for i in d.client_test])[:-1])
         acc = client_accuracies(correct)
-        self.client_acc = acc
         out.update(client_summary(acc))
+        out.update({f"client_acc/{k}": float(a) for k, a in zip(d.client_ids, acc)})
         return out
+
+    @property
+    def client_acc(self) -> np.ndarray:
+        """acc_k of every active client at the last evaluation (NaN before the first)."""
+        last = self._last_eval or {}
+        return np.array([last.get(f"client_acc/{k}", math.nan) for k in self.data.client_ids])
 
     # --- the whole run -----------------------------------------------------------------------
     def run(self, rounds: int | None = None, on_round=None) -> list[dict[str, float]]:
@@ -133,9 +152,11 @@ class Federation:
             "version": STATE_VERSION,
             "fingerprint": self.cfg.fingerprint(),
             "round": self.round,
-            "global": {k: v.clone() for k, v in self.global_state.items()},
-            "server": {k: v.clone() for k, v in self.server_state.items()},
+            # on the CPU, so that a state saved on a GPU node restores anywhere
+            "global": {k: v.detach().cpu().clone() for k, v in self.global_state.items()},
+            "server": {k: v.detach().cpu().clone() for k, v in self.server_state.items()},
             "history": [dict(h) for h in self.history],
+            "last_eval": dict(self._last_eval) if self._last_eval else {},
             "rng": {"torch": torch.get_rng_state(), "numpy": torch.as_tensor(np.random.get_state()[1].astype(np.int64)),
                     "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])},
         }
@@ -150,8 +171,9 @@ class Federation:
             raise ValueError(f"state lacks weights {sorted(missing)[:3]}")
         self.round = int(sd["round"])
         self.global_state = {k: v.to(self.cfg.device) for k, v in sd["global"].items()}
-        self.server_state = dict(sd["server"])
+        self.server_state = {k: v.to(self.cfg.device) for k, v in sd["server"].items()}
         self.history = [dict(h) for h in sd["history"]]
+        self._last_eval = dict(sd["last_eval"]) or None
         rng = sd["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
@@ -167,4 +189,4 @@ class Federation:
         return path
 
     def restore(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(Path(path), weights_only=True))
+        self.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True))

@@ -6,7 +6,9 @@ worst, client_acc_std (population std), bottom10_client_acc (mean of the lowest 
 clients). A client whose test split is empty has no accuracy: it is left out of these and counted
 in `clients_without_test`.
 
-Class level, on the class-balanced global test set: global_acc, class_acc/<c>, balancedness =
+Class level, on the global test set (class-balanced where the source's test split is, as for
+AG News and synthetic:topics): global_acc, balanced_acc (mean class accuracy, which is global_acc
+on a balanced set and its balanced counterpart otherwise), class_acc/<c>, balancedness =
 min over classes of class accuracy (worst-class accuracy), balance_ratio = min / max, and
 many_acc / medium_acc / few_acc, the mean class accuracy over classes grouped by their global
 training count (> many_min, few_max < n <= many_min, <= few_max). A group with no class is NaN.
@@ -52,7 +54,8 @@ def class_summary(preds: np.ndarray, labels: np.ndarray, num_classes: int, train
                   many_min: int = 100, few_max: int = 20) -> dict[str, float]:
     acc = class_accuracies(preds, labels, num_classes)
     present = acc[~np.isnan(acc)]
-    out: dict[str, float] = {"global_acc": float((preds == labels).mean()) if len(labels) else math.nan}
+    out: dict[str, float] = {"global_acc": float((preds == labels).mean()) if len(labels) else math.nan,
+                             "balanced_acc": float(present.mean()) if len(present) else math.nan}
     if len(present):
         lo, hi = float(present.min()), float(present.max())
         out["balancedness"] = lo

@@ -73,9 +73,12 @@ def overrides_from(args: argparse.Namespace) -> dict:
             out[key] = value
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value  # not YAML (e.g. an unbalanced bracket): the plain string
     return out
 
 
@@ -91,13 +94,13 @@ def round_line(m: dict, total: int) -> str:
 
 def client_table(fed) -> list[dict]:
     d = fed.data
-    acc = getattr(fed, "client_acc", None)
+    acc = fed.client_acc
     y = d.train_labels.numpy()
     rows = []
     for k, idx in enumerate(d.client_train):
         rows.append({"client": d.client_ids[k], "train_n": len(idx), "test_n": len(d.client_test[k]),
                      "classes": len(set(y[idx].tolist())),
-                     "acc": float(acc[k]) if acc is not None else math.nan})
+                     "acc": float(acc[k])})
     return rows
 
 
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, overrides_from(args))
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -144,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and args.resume and Path(args.checkpoint).is_file():
         try:
             fed.restore(args.checkpoint)
-        except ValueError as e:
-            print(f"error: cannot resume from {args.checkpoint}: {e}", file=sys.stderr)
+        except Exception as e:  # a foreign, truncated or corrupt file: say so, lose nothing
+            reason = str(e) if isinstance(e, ValueError) else f"not a readable fedcore state ({type(e).__name__})"
+            print(f"error: cannot resume from {args.checkpoint}: {reason}", file=sys.stderr)
             return 2
         print(f"resumed   from {args.checkpoint} after round {fed.round}")
 

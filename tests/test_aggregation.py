@@ -45,15 +45,18 @@ def test_fedavgw_beta_zero_is_uniform_on_lora():
 
 
 def test_fedit_averages_factors_not_products():
-    ups = updates((1, 1, 2))
+    g = torch.Generator().manual_seed(1)
+    # LoRA shapes: A is r x in (2 x 3), B is out x r (4 x 2); the update is B @ A
+    ups = [ClientUpdate(k, n, {"l.lora_A.weight": torch.randn(2, 3, generator=g),
+                               "l.lora_B.weight": torch.randn(4, 2, generator=g)}) for k, n in enumerate((1, 1, 2))]
     out, _ = get_method("fedit").aggregate({}, {}, ups)
-    a = manual(ups, [0.25, 0.25, 0.5], "layer.lora_A.weight")
-    b = manual(ups, [0.25, 0.25, 0.5], "layer.lora_B.weight")
-    torch.testing.assert_close(out["layer.lora_A.weight"], a)
-    torch.testing.assert_close(out["layer.lora_B.weight"], b)
-    ab = [u.state["layer.lora_B.weight"].T @ u.state["layer.lora_A.weight"] for u in ups]
-    avg_product = 0.25 * ab[0] + 0.25 * ab[1] + 0.5 * ab[2]
-    assert not torch.allclose(b.T @ a, avg_product)  # FedIT's known inexactness
+    w = [0.25, 0.25, 0.5]
+    a = manual(ups, w, "l.lora_A.weight")
+    b = manual(ups, w, "l.lora_B.weight")
+    torch.testing.assert_close(out["l.lora_A.weight"], a)
+    torch.testing.assert_close(out["l.lora_B.weight"], b)
+    avg_product = sum(wk * u.state["l.lora_B.weight"] @ u.state["l.lora_A.weight"] for wk, u in zip(w, ups))
+    assert not torch.allclose(b @ a, avg_product, atol=1e-3)  # FedIT's known inexactness
 
 
 def test_fedit_refuses_updates_without_lora():
@@ -79,3 +82,23 @@ def test_fedprox_gradient_is_the_proximal_term_gradient():
 def test_unknown_method_param_is_named():
     with pytest.raises(ValueError, match=r"method.params.mu.*fedavgw.*beta"):
         get_method("fedavgw", {"mu": 1.0})
+
+
+def test_fedavgw_splits_real_peft_keys():
+    """On a real peft model, lora_A/lora_B get inverse weights and the head (modules_to_save)
+    size weights."""
+    from fedcore.config import make_config
+    from fedcore.models import build_model
+
+    model = build_model(make_config({}, **{"model.name": "tiny-bert", "model.lora.r": 2}).model, 3)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    ups = [ClientUpdate(k, n, {name: torch.full((1,), float(k)) for name in names}) for k, n in enumerate((10, 90))]
+    out, _ = get_method("fedavgw", {"beta": 1.0}).aggregate({}, {}, ups)
+    w_inv = [0.9, 0.1]  # (1/10) / (1/10 + 1/90) = 0.9
+    lora = [n for n in names if ".lora_A." in n or ".lora_B." in n]
+    head = [n for n in names if "classifier" in n]
+    assert lora and head and len(lora) + len(head) == len(names)
+    for n in lora:
+        assert out[n].item() == pytest.approx(w_inv[1])  # 0.9 * 0 + 0.1 * 1
+    for n in head:
+        assert out[n].item() == pytest.approx(0.9)  # size weights: 0.1 * 0 + 0.9 * 1

@@ -45,9 +45,35 @@ def test_short_run_prints_rounds_table_and_resumes(tmp_path):
     assert "resumed   from" in more.stdout
     assert sum(line.startswith("round ") for line in more.stdout.splitlines()) == 1
     extended = json.loads((tmp_path / "out3.json").read_text())
-    assert extended["history"][:2] == result["history"][:2]
     assert extended["history"][2]["round"] == 3.0
+    # round 3 after the resume is what an uninterrupted 3-round run computes
+    straight = args[: args.index("--checkpoint")] + ["--json-out", str(tmp_path / "straight.json")]
+    assert run(*straight).returncode == 0
+    untimed = [{k: v for k, v in h.items() if "seconds" not in k}
+               for h in json.loads((tmp_path / "straight.json").read_text())["history"]]
+    assert [{k: v for k, v in h.items() if "seconds" not in k} for h in extended["history"]] == untimed
     # a checkpoint of another config is refused with a clear line, not misused
     args[args.index("--clients") + 1] = "3"
     other = run(*args, "--resume")
     assert other.returncode == 2 and "different config" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("a: [1\n")
+    garbage = tmp_path / "ck.pt"
+    garbage.write_text("not a state")
+    cases = [
+        (["--set", "noequals"], "--set expects KEY=VALUE"),
+        (["--config", str(bad_yaml)], "is not valid YAML"),
+        (["--config", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--set", "optimizer.lrr=0.1"], "did you mean 'lr'"),
+        (["--data", "synthetic:topics?n=60&test=20", "--clients", "2", "--rounds", "1",
+          "--checkpoint", str(garbage), "--resume"], "cannot resume from"),
+    ]
+    for args, message in cases:
+        out = run(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: "), (args, out.stderr)

@@ -21,6 +21,10 @@ SYN = "synthetic:topics?n=40&test=20"
     ({"method.name": "fedprox", "method.params": {"mu": -1}}, r"method\.params\.mu: .*greater than or equal to 0"),
     ({"eval.protocol": "global"}, r"eval\.protocol: .*'local_split' or 'class_filtered'"),
     ({"rounds": 0}, r"rounds: .*greater than or equal to 1"),
+    ({"optimizer.lrr": 0.1}, r"optimizer\.lrr: unknown field \(did you mean 'lr'\?\); allowed: name, lr, momentum"),
+    ({"device": "gpu"}, r"device: unknown device 'gpu'; allowed: cpu, cuda"),
+    ({"partition.local_test_fraction": 0}, r"local_test_fraction: 0 leaves every client without a test split"),
+    ({"seed": -1}, r"seed: .*greater than or equal to 0"),
 ])
 def test_bad_config_raises_one_clear_error(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
@@ -39,7 +43,15 @@ def test_defaults_follow_the_model():
     assert make_config({}, **{"model.name": "minilm-l6"}).model.tuning == "lora"
 
 
-def test_fingerprint_changes_with_any_field():
+@pytest.mark.parametrize("key, value", [("seed", 2), ("partition.alpha", 0.7), ("optimizer.lr", 0.5),
+                                        ("method.name", "fedprox"), ("model.lora.r", 4), ("eval.protocol", "class_filtered")])
+def test_fingerprint_changes_with_what_a_round_computes(key, value):
     a = make_config({}, seed=1)
     assert a.fingerprint() == make_config({}, seed=1).fingerprint()
-    assert a.fingerprint() != make_config({}, seed=2).fingerprint()
+    assert a.fingerprint() != make_config({}, **{"seed": 1, key: value}).fingerprint()
+
+
+def test_fingerprint_ignores_budget_and_placement():
+    a = make_config({}, seed=1)
+    for key, value in (("rounds", 99), ("torch_threads", 1), ("cache_dir", "/tmp/x")):
+        assert a.fingerprint() == make_config({}, **{"seed": 1, key: value}).fingerprint()

@@ -13,6 +13,10 @@ CASES = {
                 "model.name": "textcnn", "model.embed_dim": 16, "model.num_filters": 8,
                 "data.vocab_size": 500, "method.name": "fedprox", "method.params": {"mu": 0.1},
                 "clients_per_round": 4, "optimizer.lr": 0.05},
+    # evaluation every other round: the restore point (round 3) is a round without evaluation
+    "textcnn-eval-every-2": {"data.source": "synthetic:topics?n=400&test=120", "data.max_len": 24,
+                             "model.name": "textcnn", "model.embed_dim": 16, "model.num_filters": 8,
+                             "data.vocab_size": 500, "eval.every": 2, "optimizer.lr": 0.05},
     # a transformer with LoRA dropout and FedAvgW
     "tiny-bert-lora": {"data.source": "synthetic:topics?n=200&test=60", "data.max_len": 24,
                        "model.name": "tiny-bert", "model.lora.r": 4, "method.name": "fedavgw",

@@ -88,3 +88,35 @@ def test_tokenized_tensors_are_cached_by_content(tmp_path, monkeypatch):
     assert (d1.train_inputs["input_ids"] == d2.train_inputs["input_ids"]).all()
     load_federated(make_config({}, **{"data.source": src + "&seed=3", "partition.num_clients": 3}))
     assert len(list(cache_dir().glob("*.pt"))) == 2  # other content, other key
+
+
+def test_test_file_string_labels_follow_the_training_classes(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,neg\nb,neu\nc,pos\nd,neg\ne,neu\nf,pos\n")
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\nx,pos\ny,neg\n")  # no 'neu': numbered alone, 'pos' would be 1
+    cfg = make_config({}, **{"data.source": f"csv:{train}", "data.test_source": f"csv:{test}",
+                             "partition.num_clients": 2})
+    d = load_federated(cfg)
+    assert d.class_names == ["neg", "neu", "pos"]
+    assert d.test_labels.tolist() == [2, 0]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nx,maybe\n")
+    cfg = make_config({}, **{"data.source": f"csv:{train}", "data.test_source": f"csv:{bad}",
+                             "partition.num_clients": 2})
+    with pytest.raises(DataSourceError, match=r"classes \['maybe'\] that the training source does not have"):
+        load_federated(cfg)
+
+
+def test_relative_paths_are_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "d.csv").write_text("text,label\na,0\nb,1\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config({}, **{"data.source": "csv:d.csv?label=label"})
+    assert cfg.data.source == f"csv:{tmp_path / 'd.csv'}?label=label"
+
+
+def test_empty_headerless_file_is_explained(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_text("")
+    with pytest.raises(DataSourceError, match="is empty"):
+        load_source(f"csv:{f}?header=none&text=1&label=0")

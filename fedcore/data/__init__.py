@@ -59,7 +59,7 @@ def _subset(split: Split, idx: np.ndarray) -> Split:
 def _pool_and_test(cfg) -> RawDataset:
     ds = load_source(cfg.data.source)
     if cfg.data.test_source:
-        ds.test = load_test_split(cfg.data.test_source, ds.num_classes)
+        ds.test = load_test_split(cfg.data.test_source, ds.class_names)
     if ds.test is None:
         labels = ds.train.labels
         test_idx = stratified_subsample(labels, int(round(cfg.data.test_fraction * len(labels))), _FIXED_SPLIT_SEED)

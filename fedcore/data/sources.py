@@ -75,8 +75,16 @@ _ALLOWED_PARAMS = {
 }
 
 
-def check_uri(uri: str) -> None:
-    """Validate a source URI without loading it (raises ValueError with what is allowed)."""
+_NUMERIC = {"classes": int, "n": int, "test": int, "seed": int, "signal": float, "confuse": float,
+            "label_offset": int}
+
+
+def check_uri(uri: str) -> str:
+    """Validate a source URI without loading it (raises ValueError with what is allowed).
+
+    Returns the URI with a local file's path made absolute, so that it still resolves from a
+    worker whose working directory differs (Ray changes it).
+    """
     scheme, target, params = parse_uri(uri)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown data scheme {scheme!r} in {uri!r}; allowed: {', '.join(SCHEMES)}")
@@ -86,15 +94,25 @@ def check_uri(uri: str) -> None:
             f"unknown parameter(s) {sorted(unknown)} for {scheme}: sources; allowed: "
             f"{sorted(_ALLOWED_PARAMS[scheme]) or 'none'}"
         )
+    for key, typ in _NUMERIC.items():
+        if key in params:
+            try:
+                typ(params[key])
+            except ValueError:
+                raise ValueError(f"parameter {key}={params[key]!r} in {uri!r} must be {typ.__name__}") from None
     if scheme in ("csv", "tsv"):
-        if not Path(target).expanduser().is_file():
+        path = Path(target).expanduser()
+        if not path.is_file():
             raise ValueError(f"data file {target!r} does not exist (from {uri!r})")
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        return f"{scheme}:{path.resolve()}" + (f"?{query}" if query else "")
     elif scheme == "sklearn" and target != "digits":
         raise ValueError(f"unknown sklearn dataset {target!r}; allowed: digits")
     elif scheme == "synthetic" and target != "topics":
         raise ValueError(f"unknown synthetic dataset {target!r}; allowed: topics")
     elif scheme == "hf" and not target:
         raise ValueError("hf: needs a dataset name, e.g. hf:ag_news")
+    return uri
 
 
 def load_source(uri: str) -> RawDataset:
@@ -110,13 +128,27 @@ def load_source(uri: str) -> RawDataset:
     return _load_hf(target, params)
 
 
-def load_test_split(uri: str, num_classes: int) -> Split:
+def load_test_split(uri: str, class_names: list[str]) -> Split:
+    """A separate test file, its labels expressed in the training source's classes."""
     ds = load_source(uri)
-    if ds.num_classes > num_classes or (len(ds.train) and ds.train.labels.max() >= num_classes):
+    split = ds.train
+    integer_labels = ds.class_names == [str(i) for i in range(len(ds.class_names))]
+    if not integer_labels and ds.class_names != class_names[: len(ds.class_names)]:
+        # labels given by name: map them through the training source's names
+        lookup = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted(set(ds.class_names) - set(lookup))
+        if unknown:
+            raise DataSourceError(
+                f"test source {uri!r} has classes {unknown[:5]} that the training source does not "
+                f"have ({', '.join(class_names)})"
+            )
+        remap = np.array([lookup[n] for n in ds.class_names], dtype=np.int64)
+        split = Split(remap[split.labels], texts=split.texts, features=split.features)
+    if len(split) and split.labels.max() >= len(class_names):
         raise DataSourceError(
-            f"test source {uri!r} has labels outside the training source's {num_classes} classes"
+            f"test source {uri!r} has labels outside the training source's {len(class_names)} classes"
         )
-    return ds.train
+    return split
 
 
 def _load_synthetic(p: dict[str, str]) -> RawDataset:
@@ -178,7 +210,10 @@ def _load_delimited(path: str, p: dict[str, str], delimiter: str) -> tuple[Split
     kwargs: dict = {"delimiter": delimiter}
     if not has_header:
         with open(path, newline="", encoding="utf-8") as f:
-            ncols = len(next(csv.reader(f, delimiter=delimiter)))
+            first = next(csv.reader(f, delimiter=delimiter), None)
+        if not first:
+            raise DataSourceError(f"{path} is empty")
+        ncols = len(first)
         kwargs["column_names"] = [str(i) for i in range(ncols)]
         kwargs["header"] = None
     try:
@@ -222,19 +257,32 @@ def _load_hf(name: str, p: dict[str, str]) -> RawDataset:
     text_cols = p.get("text", "text").split(",")
     label_col = p.get("label", "label")
 
-    def to_split(split) -> Split:
+    def to_split(split, split_name: str) -> Split:
+        missing = [c for c in text_cols + [label_col] if c not in split.column_names]
+        if missing:
+            raise DataSourceError(
+                f"{name}: column(s) {missing} not in split {split_name!r}; columns are "
+                f"{split.column_names} (choose them with ?text=...&label=...)"
+            )
         cols = [split[c] for c in text_cols]
         texts = [" ".join(str(v) for v in row) for row in zip(*cols)]
-        return Split(np.asarray(split[label_col], dtype=np.int64), texts=texts)
+        labels = np.asarray(split[label_col], dtype=np.int64)
+        if len(labels) and labels.min() < 0:
+            raise DataSourceError(
+                f"{name}: split {split_name!r} has unlabelled rows (label {labels.min()}); use a "
+                f"labelled split as the test set, e.g. ?test=validation"
+            )
+        return Split(labels, texts=texts)
 
-    if train_name not in dsd:
-        raise DataSourceError(f"{name}: no split {train_name!r}; splits are {list(dsd)}")
+    for wanted in (train_name, test_name):
+        if wanted not in dsd and (wanted == train_name or "test" in p):
+            raise DataSourceError(f"{name}: no split {wanted!r}; splits are {list(dsd)}")
     feat = dsd[train_name].features[label_col]
     names = list(getattr(feat, "names", None) or [])
     if p.get("class_names"):
         names = p["class_names"].split(",")
-    train = to_split(dsd[train_name])
+    train = to_split(dsd[train_name], train_name)
     if not names:
         names = [str(i) for i in range(int(train.labels.max()) + 1)]
-    test = to_split(dsd[test_name]) if test_name in dsd else None
+    test = to_split(dsd[test_name], test_name) if test_name in dsd else None
     return RawDataset(name, "text", train, test, names)

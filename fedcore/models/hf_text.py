@@ -61,8 +61,11 @@ def load_tokenizer(name: str):
 
 def _quiet_transformers() -> None:
     # the freshly initialised head and the load report are expected here; the warnings are noise
+    import warnings
+
     import transformers
 
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -26,7 +26,14 @@ class TextCNN(nn.Module):
         if ids.shape[1] < self.min_len:  # a batch trimmed below the widest kernel
             ids = nn.functional.pad(ids, (0, self.min_len - ids.shape[1]))
         x = self.embedding(ids).transpose(1, 2)
-        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]
+        # windows that start past a text's last token see only padding: leave them out of the
+        # max, so that a prediction does not depend on how long its batch neighbours are
+        length = (ids != 0).sum(1, keepdim=True).clamp(min=self.min_len)
+        pooled = []
+        for conv in self.convs:
+            h = torch.relu(conv(x))
+            valid = torch.arange(h.shape[2], device=ids.device) <= length - conv.kernel_size[0]
+            pooled.append(h.masked_fill(~valid.unsqueeze(1), 0.0).amax(dim=2))
         return self.classifier(self.dropout(torch.cat(pooled, dim=1)))
 
 
