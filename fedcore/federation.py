@@ -50,7 +50,7 @@ class Federation:
         self._sizes = np.array([len(i) for i in self.data.client_train])
         self._last_eval: dict[str, float] | None = None
 
-    def _nan_eval(self) -> dict[str, float]:
+    def nan_eval_metrics(self) -> dict[str, float]:
         """The evaluation keys, all NaN: what rounds before the first evaluation report."""
         keys = [*CLASS_KEYS, *CLIENT_KEYS, "balanced_acc", "clients_without_test", "num_eval_clients"]
         keys += [f"class_acc/{c}" for c in range(self.data.num_classes)]
@@ -87,7 +87,7 @@ class Federation:
         if evaluated:
             self._last_eval = self.evaluate()
         # every key in every round (schedulers read them): between evaluations, the last values
-        metrics.update(self._last_eval or self._nan_eval())
+        metrics.update(self._last_eval or self.nan_eval_metrics())
         metrics["evaluated"] = float(evaluated)
         metrics["seconds"] = time.perf_counter() - t0
         metrics["train_seconds"] = t_train

@@ -1,0 +1,80 @@
+"""Every registered method as a Ray Tune trainable: one training iteration = one round.
+
+The only module of fedcore that imports ray. A trial's config is a base run config (nested dict
+under "_base") plus dotted overrides sampled by the search space, e.g.
+{"_base": {...}, "partition.alpha": 0.1, "optimizer.lr": 3e-4}. The trainable
+
+- reports every metric of DESIGN.md in every round (fedcore.federation carries the last
+  evaluation between evaluation rounds),
+- checkpoints through tune.Checkpoint every `_checkpoint_every` rounds (default 1) and at the
+  last round, and resumes from tune.get_checkpoint() exactly where it stopped,
+- ends a trial whose loss becomes NaN or inf with `diverged = 1` in its last report (accuracies
+  NaN), without raising, so the sweep goes on.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+
+from fedcore.config import RunConfig, make_config
+from fedcore.federation import Federation
+from fedcore.local import DivergedError
+from fedcore.methods import METHODS
+
+STATE_FILE = "fedcore_state.pt"
+PRIVATE = ("_base", "_checkpoint_every")
+
+
+def run_config_of(config: dict[str, Any], method: str | None = None) -> RunConfig:
+    """The validated RunConfig of a trial's Tune config."""
+    overrides = {k: v for k, v in config.items() if k not in PRIVATE}
+    if method is not None:
+        overrides["method.name"] = method
+    return make_config(config.get("_base", {}), **overrides)
+
+
+def run_trial(config: dict[str, Any], method: str | None = None) -> None:
+    """The Tune function trainable (call it from Tune, or through trainable_for)."""
+    cfg = run_config_of(config, method)
+    every = int(config.get("_checkpoint_every", 1))
+    fed = Federation(cfg)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            fed.restore(Path(directory) / STATE_FILE)
+    while fed.round < cfg.rounds:
+        try:
+            metrics = fed.run_round()
+        except DivergedError as e:
+            last = dict(fed.history[-1]) if fed.history else {}
+            nan = fed.nan_eval_metrics()
+            tune.report({**last, **nan, "round": float(fed.round + 1), "diverged": 1.0, "diverged_reason": str(e)})
+            return
+        metrics = {**metrics, "diverged": 0.0}
+        if fed.round % every == 0 or fed.round == cfg.rounds:
+            with tempfile.TemporaryDirectory() as directory:
+                fed.save(Path(directory) / STATE_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
+
+
+def trainable_for(method: str) -> Callable[[dict[str, Any]], None]:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(sorted(METHODS))}")
+
+    def trainable(config: dict[str, Any]) -> None:
+        run_trial(config, method)
+
+    trainable.__name__ = trainable.__qualname__ = method
+    return trainable
+
+
+def register_all() -> list[str]:
+    """Register every method's trainable with Tune under the method's name."""
+    for name in METHODS:
+        tune.register_trainable(name, trainable_for(name))
+    return list(METHODS)
