@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share a GPU)")
     p.add_argument("--storage", default=str(ROOT / "runs"), help="Ray Tune storage path or URI (default runs/)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<repo>/mlflow/mlflow.db; "
+                   "or http://127.0.0.1:5000 for a server started with mlflow/server.sh)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: a local Ray")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the Optuna sampler")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
@@ -113,12 +115,17 @@ def best_config(grid, rounds: int) -> dict[str, Any] | None:
     return max(finished, key=key).config
 
 
-def run_cell(entry, args, profile, study, resources) -> dict[str, Any]:
+def run_cell(entry, args, profile, study, resources, parent_run_id: str) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from fedcore.tune import trainable_for
+    from sweeps.tracking import TrialTracker
+
+    def callbacks(stage: str) -> list:
+        return [Progress(f"{entry['name']} {stage}", rounds),
+                TrialTracker(args.tracking_uri, study.name, parent_run_id, f"{entry['name']}/{stage}")]
 
     rounds = entry["overrides"]["rounds"]
     method = entry["overrides"]["method.name"]
@@ -138,7 +145,7 @@ def run_cell(entry, args, profile, study, resources) -> dict[str, Any]:
                                     max_concurrent_trials=args.max_concurrent),
         run_config=tune.RunConfig(storage_path=storage, name=f"{study.name}-{entry['name']}-tune", verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=[Progress(entry["name"] + " tune", rounds)]),
+                                  callbacks=callbacks("tune")),
     ).fit()
     best = best_config(tuned, rounds)
     if best is None:
@@ -149,7 +156,7 @@ def run_cell(entry, args, profile, study, resources) -> dict[str, Any]:
         tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
         run_config=tune.RunConfig(storage_path=storage, name=f"{study.name}-{entry['name']}-seeds", verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=[Progress(entry["name"] + " seeds", rounds)]),
+                                  callbacks=callbacks("seeds")),
     ).fit()
     finals = [r.metrics for r in seeded if r.metrics and not r.metrics.get("diverged")]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
@@ -206,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         entries = plan(args, study, profile)
     except ValueError as e:
         return fail(str(e))
+    from sweeps.tracking import TrackingError, check_tracking_uri, default_tracking_uri
+
+    args.tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        check_tracking_uri(args.tracking_uri)
+    except TrackingError as e:
+        return fail(str(e))
 
     trials = len(entries) * (args.num_samples + args.seeds)
     print(f"study {study.name}, profile {profile.name}: {profile.summary}")
@@ -219,23 +233,29 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from fedcore.tune import register_all
+    from sweeps.tracking import end_run, start_parent_run
 
     t0 = time.perf_counter()
+    _, parent = start_parent_run(args.tracking_uri, study.name, profile.name, list(argv if argv is not None else sys.argv[1:]))
     if args.address:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=max(2, int(resources["cpu"] * args.max_concurrent)), include_dashboard=False,
                  log_to_driver=False)
     register_all()
-    rows = []
+    rows, ok = [], False
     try:
         for i, entry in enumerate(entries, 1):
             print(f"[{i}/{len(entries)}] {entry['name']} ({time.perf_counter() - t0:.0f}s elapsed)", flush=True)
-            rows.append(run_cell(entry, args, profile, study, resources))
+            rows.append(run_cell(entry, args, profile, study, resources, parent))
+        ok = True
     finally:
         ray.shutdown()
+        end_run(args.tracking_uri, parent, ok)
     print_table(rows)
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {args.storage}")
+    print(f"MLflow: experiment {study.name!r}, parent run {parent} in {args.tracking_uri}; "
+          f"browse with `mlflow ui --backend-store-uri {args.tracking_uri}`")
     return 0
 
 

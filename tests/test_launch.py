@@ -39,6 +39,8 @@ def test_list_and_dry_run(capsys):
     (["fairness_paradox", "--num-samples", "0"], "--num-samples must be at least 1"),
     (["fairness_paradox", "--cells", "resnet"], "--cells 'resnet' matches no cell"),
     (["fairness_paradox", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+    (["fairness_paradox", "--tracking-uri", "http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 is not reachable"),
+    (["fairness_paradox", "--tracking-uri", "sqlite:///relative.db"], "use an absolute sqlite:/// path"),
 ])
 def test_bad_inputs_start_nothing(args, message, capsys):
     import ray
@@ -53,7 +55,8 @@ def test_bad_inputs_start_nothing(args, message, capsys):
 def test_real_launch_of_one_cell(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "sweeps.launch", "fairness_paradox", "--cells", "textcnn-a0.1",
-         "--num-samples", "2", "--seeds", "2", "--storage", str(tmp_path)],
+         "--num-samples", "2", "--seeds", "2", "--storage", str(tmp_path),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("textcnn-a0.1-fedavg ")]
@@ -62,3 +65,24 @@ def test_real_launch_of_one_cell(tmp_path):
     assert out.stdout.count("[textcnn-a0.1-fedavg seeds] trial") == 2
     assert (tmp_path / "fairness_paradox-textcnn-a0.1-fedavg-tune").is_dir()
     assert (tmp_path / "fairness_paradox-textcnn-a0.1-fedavg-seeds").is_dir()
+
+    # MLflow: one parent run for the launch, one child per trial (2 tuning + 2 seeds), every round
+    # a step of the objectives, and the tables and plot as artifacts
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fairness_paradox")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "launch"]
+    assert len(parents) == 1 and parents[0].data.tags["profile"] == "smoke"
+    assert "sweeps.launch fairness_paradox" in parents[0].data.tags["command"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 4
+    for child in children:
+        for key in ("worst_client_acc", "balancedness"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps[-1] == child.data.metrics["round"] and steps == list(range(1, len(steps) + 1))
+        assert child.data.params["partition.alpha"] == "0.1"
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert names == {"per_client_accuracy.csv", "per_class_accuracy.csv", "per_client_accuracy.png"}
+    assert (tmp_path / "artifacts").is_dir()

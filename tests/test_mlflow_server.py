@@ -1,0 +1,54 @@
+"""The server launcher in mlflow/ starts a real MLflow server on 127.0.0.1 that the launch's
+tracking code can use."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps.tracking import check_tracking_uri, end_run, start_parent_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.Popen(["bash", str(ROOT / "mlflow" / "server.sh"), "--port", str(port),
+                             "--store", f"sqlite:///{tmp_path / 'db.sqlite'}", "--artifacts", str(tmp_path / "art")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            check_tracking_uri(uri)
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                pytest.fail("mlflow server did not come up")
+            time.sleep(1)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_launch_records_through_a_real_server(server):
+    from mlflow.tracking import MlflowClient
+
+    exp_id, run_id = start_parent_run(server, "fairness_paradox", "smoke", ["fairness_paradox"])
+    end_run(server, run_id, ok=True)
+    run = MlflowClient(server).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["profile"] == "smoke"
+    assert run.info.experiment_id == exp_id
