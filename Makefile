@@ -16,11 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job. Until the sweep service lands: the two arms of the fairness-paradox experiment
-# (TextCNN from scratch vs the MiniLM foundation model with LoRA) at alpha = 0.1, offline.
+# The main job: the fairness_paradox study's smoke profile (offline, synthetic corpus, MiniLM), tuned
+# and seeded on a local Ray with Optuna + ASHA, recorded in mlflow/mlflow.db; then its report.
 run: setup
-	$(PY) -m fedcore.run --config configs/smoke_textcnn.yaml
-	$(PY) -m fedcore.run --config configs/smoke_minilm.yaml
+	$(PY) -m sweeps.launch fairness_paradox
+	$(PY) -m sweeps.report fairness_paradox --profile smoke
 
 test: setup
 	$(PY) -m pytest

@@ -5,6 +5,12 @@ the weak), then each cell's best configuration re-run with several seeds; prints
     python -m sweeps.launch fairness_paradox                       # smoke profile, offline
     python -m sweeps.launch fairness_paradox --profile local --data-dir ../shared/data/ag_news
     python -m sweeps.launch fairness_paradox --dry-run --controls  # the plan, nothing runs
+    python -m sweeps.launch fairness_paradox --resume              # continue an interrupted launch
+
+Each launch writes its Tune experiments to <storage>/<study>-<profile>-<time>/<cell>-{tune,seeds}
+and opens one MLflow parent run. Ctrl-C stops it with its state saved; the same command with
+--resume continues the latest launch of that study, profile and storage: finished trials are not
+run again, interrupted ones continue from their last checkpoint, in the same MLflow runs.
 
 Every cell's config is validated before Ray starts; a bad study, profile, flag value or data path
 gives one line and exit status 2.
@@ -12,8 +18,11 @@ gives one line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -39,11 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (default 2)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where trials train (profile value otherwise: "
+                   "cuda for paper, cpu for the others)")
     p.add_argument("--storage", default=str(ROOT / "runs"), help="Ray Tune storage path or URI (default runs/)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<repo>/mlflow/mlflow.db; "
                    "or http://127.0.0.1:5000 for a server started with mlflow/server.sh)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: a local Ray")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the Optuna sampler")
+    p.add_argument("--resume", action="store_true", help="continue the latest interrupted launch of this study, "
+                   "profile and storage (finished trials are kept, interrupted ones continue from their checkpoints)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     return p
 
@@ -51,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+class Interrupted(Exception):
+    """A Tune stage returned with trials unfinished (Ctrl-C / SIGUSR1): its state is saved."""
 
 
 def plan(args, study, profile) -> list[dict[str, Any]]:
@@ -64,11 +81,14 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
             raise ValueError(f"--cells {args.cells!r} matches no cell of {study.name}")
     entries = []
     for cell in cells:
-        overrides = {**study.cell_overrides(cell, profile.foundation_model), "rounds": profile.rounds(cell["alpha"])}
+        overrides = {**study.cell_overrides(cell, profile.foundation_model), "rounds": profile.rounds(cell["alpha"]),
+                     **profile.model_overrides.get(cell["model"], {}), "device": args.device}
         space = study.space(cell, profile.max_local_epochs)
         probe = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
         try:
-            make_config(profile.base, **overrides, **probe)  # a config of this cell must be valid
+            # a config of this cell must be valid; the device is checked where the trials run (a
+            # cluster's head may have no GPU), so the driver validates the rest on the CPU
+            make_config(profile.base, **{**overrides, "device": "cpu"}, **probe)
         except ConfigError as e:
             raise ValueError(f"cell {study.cell_name(cell)}: {e}") from None
         entries.append({"cell": cell, "name": study.cell_name(cell), "overrides": overrides, "space": space})
@@ -80,13 +100,12 @@ class Progress(tune.Callback):
 
     def __init__(self, label: str, rounds: int):
         self.label, self.rounds, self.best = label, rounds, -math.inf
-        self.running: set[str] = set()
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
+    @staticmethod
+    def running(trials, trial) -> int:
+        return sum(t.status == "RUNNING" and t is not trial for t in trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
         r = trial.last_result or {}
         worst = r.get("worst_client_acc", math.nan)
         if not math.isnan(worst):
@@ -99,10 +118,9 @@ class Progress(tune.Callback):
             status = "done"
         print(f"  [{self.label}] trial {trial.trial_id}: {status}; worst {worst:.4f} "
               f"bal {r.get('balancedness', math.nan):.4f}; best worst so far {self.best:.4f}; "
-              f"{len(self.running)} running", flush=True)
+              f"{self.running(trials, trial)} running", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
         print(f"  [{self.label}] trial {trial.trial_id}: failed (see its error file)", flush=True)
 
 
@@ -115,7 +133,20 @@ def best_config(grid, rounds: int) -> dict[str, Any] | None:
     return max(finished, key=key).config
 
 
-def run_cell(entry, args, profile, study, resources, parent_run_id: str) -> dict[str, Any]:
+def fit_stage(make_tuner, path: str, trainable, resume: bool, expected: int):
+    """Run one Tune stage, or continue it from `path` when resuming; raise Interrupted when it
+    returns with trials unfinished."""
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = make_tuner()
+    grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < expected:
+        raise Interrupted(path)
+    return grid
+
+
+def run_cell(entry, args, profile, study, resources, parent_run_id: str, tune_dir: str) -> dict[str, Any]:
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -125,7 +156,8 @@ def run_cell(entry, args, profile, study, resources, parent_run_id: str) -> dict
 
     def callbacks(stage: str) -> list:
         return [Progress(f"{entry['name']} {stage}", rounds),
-                TrialTracker(args.tracking_uri, study.name, parent_run_id, f"{entry['name']}/{stage}")]
+                TrialTracker(args.tracking_uri, study.name, parent_run_id, f"{entry['name']}/{stage}",
+                             {**entry["cell"], "name": entry["name"], "stage": stage})]
 
     rounds = entry["overrides"]["rounds"]
     method = entry["overrides"]["method.name"]
@@ -136,28 +168,27 @@ def run_cell(entry, args, profile, study, resources, parent_run_id: str) -> dict
         else optuna.samplers.TPESampler(seed=args.sampler_seed)
     search = OptunaSearch(entry["space"], metric=list(study.objectives), mode=["max"] * len(study.objectives),
                           sampler=sampler)
-    asha = ASHAScheduler(metric=study.asha_metric, mode="max", time_attr="training_iteration",
+    # time in rounds (not training_iteration), so that ASHA's rungs mean the same after a resume
+    asha = ASHAScheduler(metric=study.asha_metric, mode="max", time_attr="round",
                          max_t=rounds, grace_period=min(profile.grace_rounds, rounds))
-    storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
-    tuned = tune.Tuner(
+
+    def run_config(stage: str) -> tune.RunConfig:
+        return tune.RunConfig(storage_path=tune_dir, name=f"{entry['name']}-{stage}", verbose=0,
+                              failure_config=tune.FailureConfig(max_failures=1), callbacks=callbacks(stage))
+
+    tuned = fit_stage(lambda: tune.Tuner(
         trainable, param_space=fixed,
         tune_config=tune.TuneConfig(search_alg=search, scheduler=asha, num_samples=args.num_samples,
                                     max_concurrent_trials=args.max_concurrent),
-        run_config=tune.RunConfig(storage_path=storage, name=f"{study.name}-{entry['name']}-tune", verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=callbacks("tune")),
-    ).fit()
+        run_config=run_config("tune")), f"{tune_dir}/{entry['name']}-tune", trainable, args.resume, args.num_samples)
     best = best_config(tuned, rounds)
     if best is None:
         return {"cell": entry["name"], "error": "no trial finished"}
     chosen = {k: v for k, v in best.items() if k in entry["space"]}
-    seeded = tune.Tuner(
+    seeded = fit_stage(lambda: tune.Tuner(
         trainable, param_space={**fixed, **chosen, "seed": tune.grid_search(list(range(args.seeds)))},
         tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
-        run_config=tune.RunConfig(storage_path=storage, name=f"{study.name}-{entry['name']}-seeds", verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=callbacks("seeds")),
-    ).fit()
+        run_config=run_config("seeds")), f"{tune_dir}/{entry['name']}-seeds", trainable, args.resume, args.seeds)
     finals = [r.metrics for r in seeded if r.metrics and not r.metrics.get("diverged")]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
     for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"):
@@ -179,10 +210,54 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("(mean ± sd over seeds of the final round; each cell's best configuration by worst-client accuracy)")
 
 
+def prepare(args):
+    """Validate everything a launch needs: (study, profile, plan entries, resources); ValueError otherwise."""
+    from sweeps.studies import get_profile, get_study
+
+    try:
+        study = get_study(args.study)
+        if args.data_dir is not None:
+            missing = [f for f in ("train.csv", "test.csv") if not (Path(args.data_dir) / f).is_file()]
+            if missing:
+                raise ValueError(f"--data-dir {args.data_dir!r} lacks {', '.join(missing)}")
+        profile = get_profile(study, args.profile, args.data_dir)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    for flag in ("num_samples", "seeds", "max_concurrent"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    args.num_samples = args.num_samples or profile.num_samples
+    args.seeds = args.seeds or profile.seeds
+    resources = {"cpu": args.cpus_per_trial if args.cpus_per_trial is not None else profile.cpus_per_trial,
+                 "gpu": args.gpus_per_trial if args.gpus_per_trial is not None else profile.gpus_per_trial}
+    if resources["cpu"] <= 0 or resources["gpu"] < 0:
+        raise ValueError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    args.device = args.device or profile.base.get("device", "cpu")
+    if args.device == "cuda":
+        if resources["gpu"] <= 0:
+            raise ValueError(f"profile {profile.name} trains on cuda: give each trial a GPU share (--gpus-per-trial 0.25) "
+                             f"or train on the CPU (--device cpu)")
+        import torch
+
+        if not args.address and not torch.cuda.is_available():
+            raise ValueError(f"profile {profile.name} trains on cuda and this machine has no GPU: run it on a Ray cluster "
+                             f"(--address auto; see sweeps/cluster/README.md) or train on the CPU (--device cpu)")
+    elif resources["gpu"] > 0 and args.gpus_per_trial is None:
+        resources["gpu"] = 0.0  # the profile's GPU share is for cuda training
+    return study, profile, plan(args, study, profile), resources
+
+
+def command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "sweeps.launch", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv if argv is not None else sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sweeps.studies import STUDIES, get_profile, get_study
+    from sweeps.studies import STUDIES
+    from sweeps.tracking import TrackingError, check_tracking_uri, default_tracking_uri, find_launch
 
     if args.list:
         for name, s in STUDIES.items():
@@ -190,36 +265,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.study:
         return fail("name a study (python -m sweeps.launch --list shows them)")
+    storage = args.storage.rstrip("/") if "://" in args.storage else str(Path(args.storage).resolve())
+    tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
-        study = get_study(args.study)
-        if args.data_dir is not None:
-            missing = [f for f in ("train.csv", "test.csv") if not (Path(args.data_dir) / f).is_file()]
-            if missing:
-                return fail(f"--data-dir {args.data_dir!r} lacks {', '.join(missing)}")
-        profile = get_profile(study, args.profile, args.data_dir)
-    except KeyError as e:
-        return fail(e.args[0])
-    for flag in ("num_samples", "seeds", "max_concurrent"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            return fail(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    args.num_samples = args.num_samples or profile.num_samples
-    args.seeds = args.seeds or profile.seeds
-    resources = {"cpu": args.cpus_per_trial if args.cpus_per_trial is not None else profile.cpus_per_trial,
-                 "gpu": args.gpus_per_trial if args.gpus_per_trial is not None else profile.gpus_per_trial}
-    if resources["cpu"] <= 0 or resources["gpu"] < 0:
-        return fail("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    try:
-        entries = plan(args, study, profile)
-    except ValueError as e:
+        study, profile, entries, resources = prepare(args)
+        check_tracking_uri(tracking_uri)
+        launch = None
+        if args.resume:
+            launch = find_launch(tracking_uri, study.name, profile.name, storage)
+            if launch is None:
+                raise ValueError(f"--resume: no launch of {study.name} (profile {profile.name}) with storage "
+                                 f"{storage} in {tracking_uri}; nothing to resume")
+            # the plan is the original launch's: its flags, with this command's resume/address
+            original = parser.parse_args(json.loads(launch.data.tags["argv"]))
+            original.resume, original.address = True, args.address or original.address
+            args = original
+            study, profile, entries, resources = prepare(args)
+    except (ValueError, TrackingError) as e:
         return fail(str(e))
-    from sweeps.tracking import TrackingError, check_tracking_uri, default_tracking_uri
-
-    args.tracking_uri = args.tracking_uri or default_tracking_uri()
-    try:
-        check_tracking_uri(args.tracking_uri)
-    except TrackingError as e:
-        return fail(str(e))
+    args.tracking_uri = tracking_uri
 
     trials = len(entries) * (args.num_samples + args.seeds)
     print(f"study {study.name}, profile {profile.name}: {profile.summary}")
@@ -233,29 +297,46 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from fedcore.tune import register_all
-    from sweeps.tracking import end_run, start_parent_run
+    from sweeps.tracking import end_run, reopen_run, start_parent_run
 
+    # Tune's own tables would bury the progress lines below; verbose=0 silences them only with this
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     t0 = time.perf_counter()
-    _, parent = start_parent_run(args.tracking_uri, study.name, profile.name, list(argv if argv is not None else sys.argv[1:]))
+    if launch is not None:
+        parent, tune_dir = launch.info.run_id, launch.data.tags["tune_dir"]
+        reopen_run(tracking_uri, parent, argv)
+        print(f"resuming launch {parent} from {tune_dir}")
+    else:
+        tune_dir = f"{storage}/{study.name}-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        _, parent = start_parent_run(tracking_uri, study.name, profile.name, argv, tune_dir, storage)
     if args.address:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=max(2, int(resources["cpu"] * args.max_concurrent)), include_dashboard=False,
                  log_to_driver=False)
     register_all()
-    rows, ok = [], False
+    rows, status = [], "FAILED"
     try:
         for i, entry in enumerate(entries, 1):
             print(f"[{i}/{len(entries)}] {entry['name']} ({time.perf_counter() - t0:.0f}s elapsed)", flush=True)
-            rows.append(run_cell(entry, args, profile, study, resources, parent))
-        ok = True
+            rows.append(run_cell(entry, args, profile, study, resources, parent, tune_dir))
+        status = "FINISHED"
+    except (Interrupted, KeyboardInterrupt):
+        status = "KILLED"
     finally:
         ray.shutdown()
-        end_run(args.tracking_uri, parent, ok)
+        end_run(tracking_uri, parent, status)
+    if status == "KILLED":
+        resume = argv if "--resume" in argv else [*argv, "--resume"]
+        print(f"\ninterrupted after {time.perf_counter() - t0:.0f}s; the state is saved under {tune_dir}.\n"
+              f"continue with: {command(resume)}", file=sys.stderr)
+        return 130
     print_table(rows)
-    print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {args.storage}")
-    print(f"MLflow: experiment {study.name!r}, parent run {parent} in {args.tracking_uri}; "
-          f"browse with `mlflow ui --backend-store-uri {args.tracking_uri}`")
+    print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
+    print(f"MLflow: experiment {study.name!r}, parent run {parent} in {tracking_uri}; "
+          f"browse with `mlflow ui --backend-store-uri {tracking_uri}`; "
+          f"tables and plots: python -m sweeps.report {study.name}"
+          + ("" if tracking_uri == default_tracking_uri() else f" --tracking-uri {tracking_uri}"))
     return 0
 
 

@@ -4,6 +4,8 @@ final per-client and per-class tables (CSV) and a per-client plot (PNG) as artif
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import math
 import shlex
 import subprocess
@@ -17,6 +19,11 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = ROOT / "mlflow"
+
+
+# the store's schema messages are noise on a launch's console
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class TrackingError(RuntimeError):
@@ -55,30 +62,67 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_parent_run(uri: str, study: str, profile: str, argv: list[str]) -> tuple[str, str]:
-    """Create (or find) the study's experiment and open the launch's parent run: (experiment id, run id)."""
+def experiment_id(uri: str, study: str) -> str:
+    """The study's experiment, created on first use."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is not None:
+        return exp.experiment_id
+    # a local store keeps its artifacts beside the database file
+    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() \
+        if uri.startswith("sqlite:///") else None
+    return client.create_experiment(study, artifact_location=artifacts)
+
+
+def start_parent_run(uri: str, study: str, profile: str, argv: list[str], tune_dir: str,
+                     storage: str) -> tuple[str, str]:
+    """Open the launch's parent run: (experiment id, run id). `tune_dir` (where this launch's Tune
+    experiments live) and `storage` are tags, so that --resume finds the launch again."""
+    from mlflow.tracking import MlflowClient
+
+    exp_id = experiment_id(uri, study)
+    run = MlflowClient(tracking_uri=uri).create_run(exp_id, run_name=f"{study}-{profile}", tags={
+        "git_commit": git_commit(), "profile": profile,
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "sweeps.launch", *argv]),
+        "kind": "launch", "tune_dir": tune_dir, "storage": storage, "argv": json.dumps(argv)})
+    return exp_id, run.info.run_id
+
+
+def find_launch(uri: str, study: str, profile: str, storage: str):
+    """The latest launch of `study` with this profile and storage (an mlflow Run), or None."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(study)
     if exp is None:
-        # a local store keeps its artifacts beside the database file
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() \
-            if uri.startswith("sqlite:///") else None
-        exp_id = client.create_experiment(study, artifact_location=artifacts)
-    else:
-        exp_id = exp.experiment_id
-    run = client.create_run(exp_id, run_name=f"{study}-{profile}", tags={
-        "git_commit": git_commit(), "profile": profile,
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "sweeps.launch", *argv]),
-        "kind": "launch"})
-    return exp_id, run.info.run_id
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'launch'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+    for run in runs:  # filtered here: storage paths may hold characters the filter grammar rejects
+        if run.data.tags.get("profile") == profile and run.data.tags.get("storage") == storage:
+            return run
+    return None
 
 
-def end_run(uri: str, run_id: str, ok: bool) -> None:
+def reopen_run(uri: str, run_id: str, argv: list[str]) -> None:
+    """Mark a launch's parent run running again and record the resuming command."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri=uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    client = MlflowClient(tracking_uri=uri)
+    n = int(client.get_run(run_id).data.tags.get("resumed", "0")) + 1
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "resumed", str(n))
+    client.set_tag(run_id, f"resume_command_{n}",
+                   " ".join(shlex.quote(a) for a in [sys.executable, "-m", "sweeps.launch", *argv]))
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    """status: FINISHED, FAILED or KILLED (interrupted; --resume continues it)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
 
 
 def _tables(result: dict[str, Any]) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -91,11 +135,45 @@ def _tables(result: dict[str, Any]) -> tuple[list[tuple[str, float]], list[tuple
 
 class TrialTracker(MLflowLoggerCallback):
     """Ray's MLflow callback, with each trial run nested under the launch's parent run and the
-    final per-client / per-class accuracy tables and plot logged as artifacts."""
+    final per-client / per-class accuracy tables and plot logged as artifacts.
 
-    def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str, stage: str):
-        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
-                         tags={"mlflow.parentRunId": parent_run_id, "stage": stage}, save_artifact=False)
+    Resume-safe: a restored trial (same trial name under the same parent and stage) keeps its MLflow
+    run instead of opening a second one, and metrics are stepped by `round`, not by Tune's
+    training_iteration, so that the steps of a resumed trial continue where they stopped."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str, stage: str,
+                 cell: dict[str, Any] | None = None):
+        tags = {"mlflow.parentRunId": parent_run_id, "stage": stage}
+        tags.update({f"cell.{k}": str(v) for k, v in (cell or {}).items()})
+        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=tags,
+                         save_artifact=False)
+
+    def _existing_run(self, trial) -> str | None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = client.get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            return None
+        for run in client.search_runs([exp.experiment_id], filter_string=f"tags.trial_name = '{trial}'"):
+            tags = run.data.tags
+            if tags.get("mlflow.parentRunId") == self.tags["mlflow.parentRunId"] and tags.get("stage") == self.tags["stage"]:
+                return run.info.run_id
+        return None
+
+    def log_trial_start(self, trial):
+        if trial not in self._trial_runs:
+            run_id = self._existing_run(trial)
+            if run_id is not None:
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(tracking_uri=self.tracking_uri).update_run(run_id, status="RUNNING")
+                self._trial_runs[trial] = run_id
+        super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        step = int(result.get("round") or result.get("training_iteration") or iteration)
+        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=result, step=step)
 
     def log_trial_end(self, trial, failed: bool = False):
         result = trial.last_result or {}

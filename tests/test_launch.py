@@ -63,8 +63,8 @@ def test_real_launch_of_one_cell(tmp_path):
     assert len(rows) == 1 and rows[0].split()[1] == "2"  # two seeds in the final table
     assert out.stdout.count("[textcnn-a0.1-fedavg tune] trial") == 2
     assert out.stdout.count("[textcnn-a0.1-fedavg seeds] trial") == 2
-    assert (tmp_path / "fairness_paradox-textcnn-a0.1-fedavg-tune").is_dir()
-    assert (tmp_path / "fairness_paradox-textcnn-a0.1-fedavg-seeds").is_dir()
+    [launch_dir] = tmp_path.glob("fairness_paradox-smoke-*")
+    assert (launch_dir / "textcnn-a0.1-fedavg-tune").is_dir() and (launch_dir / "textcnn-a0.1-fedavg-seeds").is_dir()
 
     # MLflow: one parent run for the launch, one child per trial (2 tuning + 2 seeds), every round
     # a step of the objectives, and the tables and plot as artifacts
@@ -75,6 +75,7 @@ def test_real_launch_of_one_cell(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "launch"]
     assert len(parents) == 1 and parents[0].data.tags["profile"] == "smoke"
+    assert parents[0].data.tags["tune_dir"] == str(launch_dir) and parents[0].info.status == "FINISHED"
     assert "sweeps.launch fairness_paradox" in parents[0].data.tags["command"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 4
@@ -86,3 +87,107 @@ def test_real_launch_of_one_cell(tmp_path):
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert names == {"per_client_accuracy.csv", "per_class_accuracy.csv", "per_client_accuracy.png"}
     assert (tmp_path / "artifacts").is_dir()
+
+    # the report reads the same runs back: its row is the mean of the two seed runs' final metrics
+    report = subprocess.run(
+        [sys.executable, "-m", "sweeps.report", "fairness_paradox", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    seeds = [c for c in children if c.data.tags["cell.stage"] == "seeds"]
+    assert len(seeds) == 2
+    worst = sum(c.data.metrics["worst_client_acc"] for c in seeds) / 2
+    row = [line for line in report.stdout.splitlines() if line.split()[:3] == ["0.1", "textcnn", "fedavg"]]
+    assert len(row) == 1 and row[0].split()[3] == "2"
+    assert float(row[0].split()[7]) == pytest.approx(100 * worst, abs=0.051)  # worst acc, mean over seeds
+    assert row[0].split()[-1] == "86.6/54.5/32.2"  # the paper's numbers beside ours
+    files = {"table.csv", "table.txt", "gap_vs_alpha.png", "per_client_alpha0.1.png", "worst_client_over_rounds.png"}
+    assert {f.name for f in (tmp_path / "report").iterdir()} == files
+    assert all((tmp_path / "report" / f).stat().st_size > 1000 for f in files if f.endswith(".png"))
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert logged == {f"report/{f}" for f in files}
+
+
+def _mlflow_runs(db):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("fairness_paradox").experiment_id])
+    return client, [r for r in runs if r.data.tags.get("kind") == "launch"], \
+        [r for r in runs if r.data.tags.get("kind") != "launch"]
+
+
+@pytest.mark.slow
+def test_interrupted_launch_resumes_without_repeating_trials(tmp_path):
+    """Ctrl-C after the first finished trial, then --resume: the rest runs, nothing twice, one
+    MLflow run per trial, and every trial's rounds stepped once."""
+    import signal
+    import time
+
+    db = tmp_path / "mlflow.db"
+    args = [sys.executable, "-m", "sweeps.launch", "fairness_paradox", "--cells", "textcnn-a0.1",
+            "--num-samples", "3", "--seeds", "2", "--max-concurrent", "1", "--storage", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{db}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = []
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # interrupt as soon as one trial has finished
+        first.append(line)
+        if "tune] trial" in line and ": done" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline, "".join(first)
+    out, err = proc.communicate(timeout=300)
+    first.append(out)
+    assert proc.returncode == 130, err[-3000:]
+    assert "continue with: python -m sweeps.launch fairness_paradox" in err and "--resume" in err
+    client, parents, children = _mlflow_runs(db)
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    done_before = {line.split("trial ")[1].split(":")[0] for line in "".join(first).splitlines()
+                   if "] trial" in line and ": done" in line}
+    assert done_before
+
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming launch" in resumed.stdout
+    rows = [line for line in resumed.stdout.splitlines() if line.startswith("textcnn-a0.1-fedavg ")]
+    assert len(rows) == 1 and rows[0].split()[1] == "2"
+    done_after = {line.split("trial ")[1].split(":")[0] for line in resumed.stdout.splitlines() if "] trial" in line}
+    assert not done_before & done_after  # finished trials were not run again
+
+    client, parents, children = _mlflow_runs(db)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and parents[0].data.tags["resumed"] == "1"
+    names = [c.data.tags["trial_name"] for c in children]
+    assert len(children) == 3 + 2 and len(set(names)) == len(names)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["cell.model"] == "textcnn" and child.data.tags["cell.alpha"] == "0.1"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "worst_client_acc")]
+        assert steps == list(range(1, int(child.data.metrics["round"]) + 1))
+
+
+def test_report_summary_and_priors_verdict():
+    from sweeps.report import PAPER, format_table, priors_verdict, summarize
+
+    def rec(model, alpha, seed, mean, worst):
+        return {"model": model, "aggregation": "fedavg", "alpha": alpha, "seed": seed,
+                "metrics": {"mean_client_acc": mean, "worst_client_acc": worst, "gap": mean - worst,
+                            "balancedness": worst}}
+
+    records = [rec("fm_lora", 0.1, 0, 0.8, 0.3), rec("fm_lora", 0.1, 1, 0.8, 0.4),
+               rec("fm_full", 0.1, 0, 0.9, 0.5), rec("fm_full", 0.1, 1, 0.9, 0.5),
+               rec("textcnn", 0.1, 0, 0.8, 0.75), rec("textcnn", 0.1, 1, 0.8, 0.7),
+               rec("fm_scratch", 0.1, 0, 0.6, 0.6), rec("fm_scratch", 0.1, 1, 0.6, 0.55),
+               rec("textcnn", 1.0, 0, 0.9, 0.9)]
+    rows = summarize(records)
+    assert [(r["alpha"], r["model"]) for r in rows] == [(0.1, "textcnn"), (0.1, "fm_lora"), (0.1, "fm_full"),
+                                                        (0.1, "fm_scratch"), (1.0, "textcnn")]
+    lora = rows[1]
+    assert lora["seeds"] == 2 and lora["worst_client_acc"] == pytest.approx(0.35)
+    assert lora["gap"] == pytest.approx(0.45) and lora["gap_sd"] == pytest.approx(0.0707107, abs=1e-6)
+    assert lora["paper"] == PAPER[("fm_lora", "fedavg", 0.1)] == (80.8, 30.7, 50.1)
+    assert rows[4]["gap_sd"] == 0.0 and rows[4]["paper"] == (94.9, 89.3, 5.6)
+    assert " 35.0 ±  7.1" in format_table(rows)
+    assert priors_verdict(rows).startswith("Does the worst-client gap at alpha 0.1 follow the priors? yes")
+    assert priors_verdict(rows[:2] + rows[4:]) is None  # no controls, no verdict
+    flipped = [dict(r, gap=1 - r["gap"]) for r in rows]
+    assert "no, the reverse" in priors_verdict(flipped)

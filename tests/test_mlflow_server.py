@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.tracking import check_tracking_uri, end_run, start_parent_run
+from sweeps.tracking import check_tracking_uri, end_run, find_launch, reopen_run, start_parent_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +47,15 @@ def server(tmp_path):
 def test_launch_records_through_a_real_server(server):
     from mlflow.tracking import MlflowClient
 
-    exp_id, run_id = start_parent_run(server, "fairness_paradox", "smoke", ["fairness_paradox"])
-    end_run(server, run_id, ok=True)
+    exp_id, run_id = start_parent_run(server, "fairness_paradox", "smoke", ["fairness_paradox"],
+                                      "/shared/runs/fairness_paradox-smoke-1", "/shared/runs")
+    end_run(server, run_id, "KILLED")
+    run = find_launch(server, "fairness_paradox", "smoke", "/shared/runs")  # what --resume looks up
+    assert run.info.run_id == run_id and run.info.status == "KILLED"
+    assert run.data.tags["tune_dir"] == "/shared/runs/fairness_paradox-smoke-1"
+    assert find_launch(server, "fairness_paradox", "local", "/shared/runs") is None
+    reopen_run(server, run_id, ["fairness_paradox", "--resume"])
+    end_run(server, run_id, "FINISHED")
     run = MlflowClient(server).get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["profile"] == "smoke"
+    assert run.info.status == "FINISHED" and run.data.tags["profile"] == "smoke" and run.data.tags["resumed"] == "1"
     assert run.info.experiment_id == exp_id
