@@ -68,12 +68,43 @@ class PartitionConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
+    r: int = Field(8, ge=1)  # every client's rank when rank_profile is homogeneous
+    alpha: float = Field(16, gt=0)  # scaling alpha / r_k, whatever the client's rank
     dropout: float = Field(0.1, ge=0, lt=1)
     # None: peft's default target modules for the architecture (query/value for BERT,
     # q_lin/v_lin for DistilBERT).
     target_modules: list[str] | None = None
+    # Heterogeneous ranks: clients get rank_levels in the profile's fractions (uniform,
+    # heavy_tail_light = most clients small, heavy_tail_strong = most clients large; FlexLoRA's
+    # resource distributions over 5 levels), or one rank per client from `ranks`.
+    rank_profile: Literal["homogeneous", "uniform", "heavy_tail_light", "heavy_tail_strong"] = "homogeneous"
+    rank_levels: list[int] = Field(default_factory=lambda: [64, 32, 16, 8, 4])
+    ranks: list[int] | None = None
+
+    @field_validator("rank_levels", "ranks")
+    @classmethod
+    def _positive_ranks(cls, v):
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError(f"ranks must be a non-empty list of integers >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _profile_levels(self) -> "LoraConfig":
+        if self.rank_profile.startswith("heavy_tail") and self.ranks is None and len(self.rank_levels) != 5:
+            raise ValueError(f"rank_profile {self.rank_profile!r} has fractions for 5 rank_levels, got "
+                             f"{len(self.rank_levels)}; use 'uniform' or an explicit `ranks` list")
+        return self
+
+    @property
+    def heterogeneous(self) -> bool:
+        return self.ranks is not None or self.rank_profile != "homogeneous"
+
+    @property
+    def resident_rank(self) -> int:
+        """The rank the model is built with: the largest any client can hold."""
+        if self.ranks is not None:
+            return max(self.ranks)
+        return self.r if self.rank_profile == "homogeneous" else max(self.rank_levels)
 
 
 class ModelConfig(_Strict):
@@ -200,11 +231,15 @@ class RunConfig(_Strict):
             from fedcore.models import lora_width
 
             width = lora_width(self.model)
-            if width is not None and self.model.lora.r > width:
+            if width is not None and self.model.lora.resident_rank > width:
                 raise ValueError(
-                    f"model.lora.r: rank {self.model.lora.r} is above the width {width} of "
+                    f"model.lora: rank {self.model.lora.resident_rank} is above the width {width} of "
                     f"{self.model.name}'s LoRA target layers; allowed: 1..{width}"
                 )
+            ranks = self.model.lora.ranks
+            if ranks is not None and len(ranks) != self.partition.num_clients:
+                raise ValueError(f"model.lora.ranks: {len(ranks)} ranks for {self.partition.num_clients} clients; "
+                                 f"allowed: one rank per client")
         from fedcore.methods import METHODS
 
         if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":

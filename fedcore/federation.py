@@ -20,8 +20,10 @@ from fedcore.data import FederatedData, load_federated, take
 from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
 from fedcore.local import DivergedError, make_optimizer
 from fedcore.methods import get_method
-from fedcore.metrics import CLASS_KEYS, CLIENT_KEYS, class_summary, client_accuracies, client_summary
-from fedcore.models import build_model, count_params
+from fedcore.metrics import CLASS_KEYS, CLIENT_KEYS, class_summary, client_accuracies, client_summary, lora_round_metrics
+from fedcore.models import build_model, count_params, is_transformer
+from fedcore.ranks import client_ranks
+
 
 STATE_VERSION = 1
 
@@ -40,9 +42,18 @@ class Federation:
         # in round 1's timing
         make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])
         self.method = get_method(cfg.method.name, cfg.method.params)
+        self.method.seed = cfg.seed
+        self.lora = cfg.model.tuning == "lora" and is_transformer(cfg.model.name)
+        if self.lora:
+            self.method.lora_alpha = cfg.model.lora.alpha
         self.executor = SequentialExecutor()
         self.global_state = snapshot(self.params)
         self.server_state = self.method.init_server_state(self.global_state)
+        if self.lora:  # each client's rank (zero beyond it in the r_max model); methods may lower them
+            ranks = client_ranks(cfg.model.lora, cfg.partition.num_clients, cfg.seed)
+            self.server_state["ranks"] = torch.tensor([ranks[c] for c in self.data.client_ids], dtype=torch.long)
+        self._frozen = dict(self.model.named_parameters())
+        self._frozen_init: dict[str, torch.Tensor] = {}
         self.round = 0
         self.history: list[dict[str, float]] = []
         self.total_params, self.trainable_params = count_params(self.model)
@@ -74,7 +85,17 @@ class Federation:
         bad = [k for k, v in new_global.items() if not torch.isfinite(v).all()]
         if bad:
             raise DivergedError(f"round {round_}: aggregated weights are not finite ({bad[0]})")
+        new_server = dict(new_server)
+        method_metrics = {k.split("/", 1)[1]: float(new_server.pop(k)) for k in list(new_server)
+                          if k.startswith("metric/")}
+        if "ranks" in self.server_state:
+            ranks = self.server_state["ranks"].clone()
+            for u in updates:
+                ranks[u.client] = u.rank
+            new_server["ranks"] = ranks
+        prev_global, prev_ranks = self.global_state, self.server_state.get("ranks")
         self.global_state, self.server_state, self.round = new_global, new_server, round_
+        self._apply_frozen()
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
         losses = np.array([u.metrics["train_loss"] for u in updates])
         metrics: dict[str, float] = {"round": float(round_), "cohort_size": float(len(cohort)),
@@ -82,6 +103,9 @@ class Federation:
                                      "num_clients": float(self.data.num_clients),
                                      "min_client_size": float(self._sizes.min()),
                                      "max_client_size": float(self._sizes.max())}
+        metrics.update(method_metrics)
+        if self.lora:
+            metrics.update(lora_round_metrics(self, updates, prev_global, prev_ranks))
         t_train = time.perf_counter() - t0
         evaluated = round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds
         if evaluated:
@@ -179,6 +203,18 @@ class Federation:
         np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
         random.setstate((3, tuple(rng["python"]), None))
         load_state(self.params, self.global_state)
+        self._apply_frozen()
+
+    @torch.no_grad()
+    def _apply_frozen(self) -> None:
+        """Set frozen parameters to their initial value plus the server's "frozen_delta/<name>"
+        (FLoRA merges each round's stacked adapters into the base weights)."""
+        for key, delta in self.server_state.items():
+            if key.startswith("frozen_delta/"):
+                name = key.split("/", 1)[1]
+                if name not in self._frozen_init:
+                    self._frozen_init[name] = self._frozen[name].detach().clone()
+                self._frozen[name].copy_(self._frozen_init[name] + delta.to(self._frozen[name].dtype))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

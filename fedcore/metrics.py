@@ -85,3 +85,41 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def lora_round_metrics(fed, updates, prev_global, prev_ranks) -> dict[str, float]:
+    """Rank-collapse and communication metrics of a LoRA round (DESIGN.md, METHODS.md 4.2).
+
+    The global update of layer l is s_max * B_g A_g (the global adapter after aggregation). Its
+    energy inside the smallest client rank (`energy_shared`), outside it, in each partition between
+    consecutive distinct ranks (`energy_partition/<m>`, m = 1 the shared part) and its effective
+    rank, averaged over layers; `energy_outside_shared_layer0` is the first LoRA layer alone. Bytes
+    count LoRA factors up to each client's rank."""
+    from fedcore import lora
+
+    lcfg = fed.cfg.model.lora
+    ranks = sorted({int(r) for r in fed.server_state["ranks"].tolist()})
+    s_max = lora.scale(lcfg.alpha, lcfg.resident_rank)
+    layers = lora.lora_layers(fed.global_state)
+    fractions, eff = [], []
+    for prefix, (a, b) in layers.items():
+        delta = lora.product(fed.global_state[a], fed.global_state[b], s_max)
+        fractions.append(lora.energy_fractions(delta, ranks))
+        eff.append(lora.effective_rank(delta))
+    out: dict[str, float] = {}
+    if fractions:
+        f = np.array(fractions)  # layers x (len(ranks) + 1)
+        mean = np.nanmean(f, axis=0) if not np.isnan(f).all() else f[0]
+        out["energy_shared"] = float(mean[0])
+        out["energy_outside_shared"] = float(1 - mean[0])
+        out["energy_outside_shared_layer0"] = float(1 - f[0][0])
+        for m in range(len(ranks)):
+            out[f"energy_partition/{m + 1}"] = float(mean[m])
+        out["effective_rank"] = float(np.nanmean(eff)) if not np.isnan(eff).all() else math.nan
+
+    def sent(state, rank):
+        return lora.nbytes(state, {k: rank for k in state if "lora_" in k} if rank else None)
+
+    out["comm_bytes_up"] = float(sum(sent(u.state, u.rank) for u in updates))
+    out["comm_bytes_down"] = float(sum(sent(prev_global, int(prev_ranks[u.client])) for u in updates))
+    return out

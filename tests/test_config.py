@@ -11,7 +11,7 @@ SYN = "synthetic:topics?n=40&test=20"
     ({"partition.alpha": -1.5}, r"partition\.alpha: must be > 0.*got -1\.5"),
     ({"method.name": "fedsgd"}, r"unknown method 'fedsgd'; allowed: .*fedavg.*fedprox"),
     ({"model.name": "textcn"}, r"model\.name: unknown model 'textcn'; allowed: textcnn"),
-    ({"model.name": "minilm-l6", "model.lora.r": 512}, r"model\.lora\.r: rank 512 is above the width 384.*allowed: 1\.\.384"),
+    ({"model.name": "minilm-l6", "model.lora.r": 512}, r"model\.lora: rank 512 is above the width 384.*allowed: 1\.\.384"),
     ({"data.source": "csv:/no/such/file.csv"}, r"data\.source: data file '/no/such/file\.csv' does not exist"),
     ({"data.source": "parquet:/x"}, r"data\.source: unknown data scheme 'parquet'.*allowed: hf, csv"),
     ({"data.source": "synthetic:topics?bogus=1"}, r"unknown parameter\(s\) \['bogus'\]"),

@@ -49,7 +49,7 @@ def test_lora_rank_above_layer_width_at_build_time():
 
     mcfg = make_config({}, **{"model.name": "tiny-bert"}).model
     unchecked = mcfg.model_copy(update={"lora": LoraConfig(r=33)})
-    with pytest.raises(ValueError, match=r"model\.lora\.r: rank 33 is above the width 32"):
+    with pytest.raises(ValueError, match=r"model\.lora: rank 33 is above the width 32"):
         build_model(unchecked, 2)
 
 

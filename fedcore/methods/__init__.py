@@ -6,8 +6,15 @@ from fedcore.methods.fedavg import FedAvg
 from fedcore.methods.fedavgw import FedAvgW
 from fedcore.methods.fedit import FedIT
 from fedcore.methods.fedprox import FedProx
+from fedcore.methods.ffa_lora import FFALoRA
+from fedcore.methods.flexlora import FlexLoRA
+from fedcore.methods.flora import FLoRA
+from fedcore.methods.hetlora import HetLoRA
+from fedcore.methods.lora_fair import LoRAFAIR
+from fedcore.methods.raflora import RaFLoRA
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FedAvg, FedProx, FedAvgW, FedIT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FedAvg, FedProx, FedAvgW, FedIT, FFALoRA, FLoRA, FlexLoRA,
+                                                        HetLoRA, RaFLoRA, LoRAFAIR)}
 
 
 def get_method(name: str, params: dict | None = None) -> Method:

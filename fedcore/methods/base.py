@@ -26,6 +26,7 @@ class ClientUpdate:
     num_samples: int  # training samples the client holds
     state: State  # its trainable tensors after local training
     metrics: dict[str, float] = field(default_factory=dict)
+    rank: int | None = None  # its LoRA rank after the round (LoRA factors are zero beyond it)
 
 
 @dataclass
@@ -38,6 +39,9 @@ class LocalContext:
     params: list[tuple[str, torch.nn.Parameter]]
     start_state: State
     scratch: dict[str, Any] = field(default_factory=dict)
+    rank: int | None = None  # the client's LoRA rank; a method may lower it (HetLoRA's pruning)
+    server: State = field(default_factory=dict)  # the server state of this round (read only)
+    report: dict[str, float] = field(default_factory=dict)  # sent to the server in ClientUpdate.metrics
 
 
 class Method:
@@ -45,6 +49,8 @@ class Method:
     summary: ClassVar[str]
     requires_lora: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
+    lora_alpha: float | None = None  # set by the engine for LoRA models: s_k = lora_alpha / r_k
+    seed: int = 0  # the run's seed (set by the engine), for server-side randomness
 
     def __init__(self, params: BaseModel | dict | None = None):
         self.params = params if isinstance(params, BaseModel) else self.parse_params(params or {})
@@ -67,12 +73,16 @@ class Method:
         return {}
 
     def client_start_state(self, global_state: State, server_state: State, client: int) -> State:
-        """What the server sends client `client` (default: the global trainable weights)."""
+        """What the server sends client `client` (default: the global trainable weights). For LoRA
+        models, server_state["ranks"][client] is the client's rank; the engine zeroes the factors
+        beyond it after loading."""
         return global_state
 
     def aggregate(self, global_state: State, server_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, State]:
-        """Pure function of (server state, client updates) -> (new global, new server state)."""
+        """Pure function of (server state, client updates) -> (new global, new server state).
+        Server-state keys the engine reads: "ranks" (kept up to date by the engine), "frozen_delta/<param>"
+        (that frozen parameter becomes its initial value plus this, e.g. FLoRA's merged base), "metric/<name>" (reported)."""
         raise NotImplementedError
 
     # --- client side -------------------------------------------------------------------------
@@ -84,6 +94,9 @@ class Method:
 
     def after_backward(self, ctx: LocalContext) -> None:
         """Optional gradient transform, applied before the optimizer step."""
+
+    def on_local_end(self, ctx: LocalContext) -> None:
+        """After the client's last step, before its state is sent (e.g. lower ctx.rank)."""
 
 
 def size_weights(updates: list[ClientUpdate]) -> torch.Tensor:

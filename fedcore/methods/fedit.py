@@ -2,20 +2,24 @@
 Tuning"): each client trains LoRA adapters; the server averages A and B separately with
 weights n_k / n (and the trainable head the same way). Averaging the factors is not averaging
 the products B_k A_k; that inexactness is what FLoRA, FlexLoRA and LoRA-FAIR address.
-Heterogeneous ranks (zero padding) come with the federated LoRA family."""
+
+Heterogeneous ranks (the naive baseline of the rank-heterogeneity papers): factors are zero-padded
+to r_max, each client's scale s_k = alpha / r_k is folded into its B before averaging, and a
+client receives the average truncated to its rank with B divided by its own scale."""
 from __future__ import annotations
 
-from fedcore.methods.base import ClientUpdate, State, is_lora_key
-from fedcore.methods.fedavg import FedAvg
+from fedcore import lora
+from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.lora_common import LoRAMethod
 
 
-class FedIT(FedAvg):
+class FedIT(LoRAMethod):
     name = "fedit"
-    summary = "FedIT: LoRA A and B averaged separately, weighted by n_k"
-    requires_lora = True
+    summary = "FedIT: LoRA A and B averaged separately, weighted by n_k (zero-padded across ranks)"
 
     def aggregate(self, global_state: State, server_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, State]:
-        if not any(is_lora_key(k) for k in updates[0].state):
-            raise ValueError("fedit: the client updates hold no LoRA factors (model.tuning must be 'lora')")
-        return super().aggregate(global_state, server_state, updates)
+        layers, r_max, alpha = self.layout(updates)
+        out = self.head_average(updates)
+        out.update(lora.scaled_factor_average(updates, size_weights(updates), alpha, r_max, layers))
+        return out, server_state

@@ -128,12 +128,13 @@ def build_hf_classifier(mcfg, num_classes: int, vocab_size: int) -> HFClassifier
                   if isinstance(m, nn.Linear) and n.split(".")[-1] in targets]
         if not widths:
             raise ValueError(f"model.lora.target_modules: {targets} match no linear layer of {mcfg.name}")
-        if mcfg.lora.r > min(widths):
+        rank = mcfg.lora.resident_rank
+        if rank > min(widths):
             raise ValueError(
-                f"model.lora.r: rank {mcfg.lora.r} is above the width {min(widths)} of "
+                f"model.lora: rank {rank} is above the width {min(widths)} of "
                 f"{mcfg.name}'s LoRA target layers; allowed: 1..{min(widths)}"
             )
-        lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha,
+        lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=mcfg.lora.alpha,
                           lora_dropout=mcfg.lora.dropout, target_modules=targets)
         base = get_peft_model(base, lcfg)
     elif mcfg.tuning == "head":

@@ -1,0 +1,28 @@
+"""FFA-LoRA (Sun et al., ICLR 2024, "Improving LoRA in Privacy-preserving Federated Learning"):
+A stays frozen at its random initialisation, shared by every client through the common seed,
+and only B is trained. Averaging then is exact: sum_k p_k s_k B_k A_0 = (sum_k p_k s_k B_k) A_0.
+The paper compensates the frozen A with a larger LoRA alpha (set model.lora.alpha)."""
+from __future__ import annotations
+
+from fedcore import lora
+from fedcore.methods.base import ClientUpdate, LocalContext, State, size_weights
+from fedcore.methods.lora_common import LoRAMethod
+
+
+class FFALoRA(LoRAMethod):
+    name = "ffa_lora"
+    summary = "FFA-LoRA: A frozen at a shared random init, only B trained and averaged (exact)"
+
+    def after_backward(self, ctx: LocalContext) -> None:
+        for name, p in ctx.params:
+            if lora.A_TAG in name:
+                p.grad = None  # the optimizer skips it: no step, no weight decay
+
+    def aggregate(self, global_state: State, server_state: State,
+                  updates: list[ClientUpdate]) -> tuple[State, State]:
+        layers, r_max, alpha = self.layout(updates)
+        out = self.head_average(updates)
+        averaged = lora.scaled_factor_average(updates, size_weights(updates), alpha, r_max, layers, fold="B")  # A is shared and fixed: the whole scale ratio goes to B
+        for a, b in layers.values():
+            out[a], out[b] = global_state[a], averaged[b]  # A never moves
+        return out, server_state

@@ -1,0 +1,112 @@
+"""LoRA-FAIR (Bian, Wang, Zhang, Xu, ICCV 2025, "Federated LoRA Fine-Tuning with Aggregation and
+Initialization Refinement"; METHODS.md 5.2): the server averages the factors (A_bar, B_bar, as
+FedIT), and corrects B with a residual found by
+
+    dB* = argmin_dB  sum_l [1 - cos(dW_l, (B_bar_l + dB_l) A_bar_l)] + lambda * R(dB),
+    dW_l = sum_k p_k s_k B_k A_k   (the ideal update),  R = sum_l ||dB_l||_F  (or its square),
+
+with SGD on the server (server_steps, server_lr; early stop when the objective moves less than
+tol for `patience` steps; the best iterate is kept, so the objective never rises). Clients start
+the next round from (A_bar, B_bar + dB*) (Avg-Initial); the base weights are not touched. Options:
+delta_init zeros (the paper's reading) or xavier (the SpecTraL fork), cos_mode flat or columnwise
+(cosine per input column, averaged: the fork's F.cosine_similarity(dim=0)), reg norm or squared.
+Reported every round: the cosine to the ideal update of the plain average and of the corrected
+one, and the cosine between B_bar + dB* and B_bar."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedcore import lora
+from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.lora_common import LoRAMethod
+
+
+class LoRAFAIRParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    lam: float = Field(0.01, ge=0, alias="lambda")  # the paper's lambda (the fork uses 1.0)
+    server_steps: int = Field(200, ge=0)
+    server_lr: float = Field(0.01, gt=0)
+    delta_init: Literal["zeros", "xavier"] = "zeros"
+    cos_mode: Literal["flat", "columnwise"] = "flat"
+    reg: Literal["norm", "squared"] = "norm"
+    tol: float = Field(1e-6, ge=0)
+    patience: int = Field(5, ge=1)
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor, mode: str = "flat") -> torch.Tensor:
+    if mode == "columnwise":
+        return F.cosine_similarity(x, y, dim=0).mean()
+    return F.cosine_similarity(x.flatten(), y.flatten(), dim=0)
+
+
+def objective(ideal, B_bar, A_bar, delta, lam: float, mode: str, reg: str) -> torch.Tensor:
+    total = 0
+    for key in ideal:
+        total = total + 1 - cosine(ideal[key], (B_bar[key] + delta[key]) @ A_bar[key], mode)
+        norm = torch.linalg.matrix_norm(delta[key])
+        total = total + lam * (norm ** 2 if reg == "squared" else norm)
+    return total
+
+
+def solve_residual(ideal: dict[str, torch.Tensor], B_bar: dict[str, torch.Tensor], A_bar: dict[str, torch.Tensor],
+                   p: LoRAFAIRParams, generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """dB* per layer (float64) and the objective at the start and at the returned iterate."""
+    delta = {}
+    for key, B in B_bar.items():
+        d = torch.zeros_like(B, dtype=torch.float64)
+        if p.delta_init == "xavier":
+            bound = (6 / (B.shape[0] + B.shape[1])) ** 0.5
+            d = (torch.rand(B.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        delta[key] = d.requires_grad_(True)
+    opt = torch.optim.SGD(list(delta.values()), lr=p.server_lr)
+    with torch.no_grad():
+        start = float(objective(ideal, B_bar, A_bar, delta, p.lam, p.cos_mode, p.reg))
+    best, best_delta, last, calm, steps = start, {k: v.detach().clone() for k, v in delta.items()}, start, 0, 0
+    for steps in range(1, p.server_steps + 1):
+        opt.zero_grad()
+        loss = objective(ideal, B_bar, A_bar, delta, p.lam, p.cos_mode, p.reg)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            now = float(objective(ideal, B_bar, A_bar, delta, p.lam, p.cos_mode, p.reg))
+        if now < best:
+            best, best_delta = now, {k: v.detach().clone() for k, v in delta.items()}
+        calm = calm + 1 if abs(last - now) < p.tol else 0
+        last = now
+        if calm >= p.patience:
+            break
+    return best_delta, {"server_objective_start": start, "server_objective_end": best, "server_steps_run": float(steps)}
+
+
+class LoRAFAIR(LoRAMethod):
+    name = "lora_fair"
+    summary = "LoRA-FAIR: FedIT averages plus a server residual on B towards the ideal update (cosine + lambda norm)"
+    Params = LoRAFAIRParams
+
+    def aggregate(self, global_state: State, server_state: State,
+                  updates: list[ClientUpdate]) -> tuple[State, State]:
+        layers, r_max, alpha = self.layout(updates)
+        s_max = lora.scale(alpha, r_max)
+        weights = size_weights(updates)
+        averaged = lora.scaled_factor_average(updates, weights, alpha, r_max, layers)
+        ideal = {p: lora.ideal_update(updates, weights, alpha, r_max, a, b) for p, (a, b) in layers.items()}
+        A_bar = {p: averaged[a].to(torch.float64) for p, (a, b) in layers.items()}
+        B_bar = {p: s_max * averaged[b].to(torch.float64) for p, (a, b) in layers.items()}  # in product units
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.enable_grad():
+            delta, stats = solve_residual(ideal, B_bar, A_bar, self.params, gen)
+        out = self.head_average(updates)
+        cos_avg, cos_fixed, cos_b = [], [], []
+        for p, (a, b) in layers.items():
+            B_new = B_bar[p] + delta[p]
+            cos_avg.append(float(cosine(ideal[p], B_bar[p] @ A_bar[p])))
+            cos_fixed.append(float(cosine(ideal[p], B_new @ A_bar[p])))
+            cos_b.append(float(cosine(B_new, B_bar[p])))
+            out[a], out[b] = averaged[a], (B_new / s_max).to(averaged[b].dtype)
+        metrics = {"cos_ideal_avg": sum(cos_avg) / len(cos_avg), "cos_ideal_corrected": sum(cos_fixed) / len(cos_fixed),
+                   "cos_Bprime_Bbar": sum(cos_b) / len(cos_b), **stats}
+        return out, {**server_state, **{f"metric/{k}": torch.tensor(v) for k, v in metrics.items()}}
