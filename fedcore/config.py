@@ -50,7 +50,9 @@ class DataConfig(_Strict):
 
 
 class PartitionConfig(_Strict):
-    kind: Literal["iid", "dirichlet"] = "dirichlet"
+    # domain: client k holds domain k mod D only (feature non-IID); domain_dirichlet: and Dirichlet
+    # label skew with `alpha` inside each domain. Both need a source with domains.
+    kind: Literal["iid", "dirichlet", "domain", "domain_dirichlet"] = "dirichlet"
     alpha: float = 0.5
     num_clients: int = Field(10, ge=1)
     # Held-out fraction of each client's partition for the `local_split` protocol.

@@ -20,7 +20,8 @@ from fedcore.data import FederatedData, load_federated, take
 from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
 from fedcore.local import DivergedError, make_optimizer
 from fedcore.methods import get_method
-from fedcore.metrics import CLASS_KEYS, CLIENT_KEYS, class_summary, client_accuracies, client_summary, lora_round_metrics
+from fedcore.metrics import (CLASS_KEYS, CLIENT_KEYS, class_summary, client_accuracies, client_summary,
+                             domain_summary, lora_round_metrics)
 from fedcore.models import build_model, count_params, is_transformer
 from fedcore.ranks import client_ranks
 
@@ -66,6 +67,8 @@ class Federation:
         keys = [*CLASS_KEYS, *CLIENT_KEYS, "balanced_acc", "clients_without_test", "num_eval_clients"]
         keys += [f"class_acc/{c}" for c in range(self.data.num_classes)]
         keys += [f"client_acc/{k}" for k in self.data.client_ids]
+        if self.data.domain_names:
+            keys += ["domain_avg_acc", *(f"domain_acc/{n}" for n in self.data.domain_names)]
         return dict.fromkeys(keys, math.nan)
 
     # --- one round ---------------------------------------------------------------------------
@@ -93,7 +96,7 @@ class Federation:
             for u in updates:
                 ranks[u.client] = u.rank
             new_server["ranks"] = ranks
-        prev_global, prev_ranks = self.global_state, self.server_state.get("ranks")
+        prev_global, prev_ranks, prev_server = self.global_state, self.server_state.get("ranks"), self.server_state
         self.global_state, self.server_state, self.round = new_global, new_server, round_
         self._apply_frozen()
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
@@ -105,7 +108,7 @@ class Federation:
                                      "max_client_size": float(self._sizes.max())}
         metrics.update(method_metrics)
         if self.lora:
-            metrics.update(lora_round_metrics(self, updates, prev_global, prev_ranks))
+            metrics.update(lora_round_metrics(self, updates, prev_global, prev_ranks, prev_server))
         t_train = time.perf_counter() - t0
         evaluated = round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds
         if evaluated:
@@ -143,6 +146,8 @@ class Federation:
         test_y = d.test_labels.numpy()
         out = class_summary(test_pred, test_y, d.num_classes, self._train_counts,
                             self.cfg.eval.many_min, self.cfg.eval.few_max)
+        if d.domain_names and d.test_domains is not None:
+            out.update(domain_summary(test_pred, test_y, d.test_domains, d.domain_names))
         if d.client_test_on == "test":
             correct = [(test_pred[i] == test_y[i]) for i in d.client_test]
         else:

@@ -12,12 +12,16 @@ on a balanced set and its balanced counterpart otherwise), class_acc/<c>, balanc
 min over classes of class accuracy (worst-class accuracy), balance_ratio = min / max, and
 many_acc / medium_acc / few_acc, the mean class accuracy over classes grouped by their global
 training count (> many_min, few_max < n <= many_min, <= few_max). A group with no class is NaN.
+
+Domain level, where the data carries domains (LoRA-FAIR's table): domain_acc/<name>, the accuracy
+on the global test set's samples of that domain, and domain_avg_acc, their unweighted mean.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 
 CLIENT_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "spread", "client_acc_std",
                "bottom10_client_acc", "best_client_acc")
@@ -73,6 +77,16 @@ def class_summary(preds: np.ndarray, labels: np.ndarray, num_classes: int, train
     return out
 
 
+def domain_summary(preds: np.ndarray, labels: np.ndarray, domains: np.ndarray, names: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for d, name in enumerate(names):
+        sel = domains == d
+        out[f"domain_acc/{name}"] = float((preds[sel] == labels[sel]).mean()) if sel.any() else math.nan
+    vals = [v for v in out.values() if not math.isnan(v)]
+    out["domain_avg_acc"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A plain fixed-width table for terminal output."""
     def fmt(v):
@@ -87,14 +101,16 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def lora_round_metrics(fed, updates, prev_global, prev_ranks) -> dict[str, float]:
+def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) -> dict[str, float]:
     """Rank-collapse and communication metrics of a LoRA round (DESIGN.md, METHODS.md 4.2).
 
     The global update of layer l is s_max * B_g A_g (the global adapter after aggregation). Its
     energy inside the smallest client rank (`energy_shared`), outside it, in each partition between
     consecutive distinct ranks (`energy_partition/<m>`, m = 1 the shared part) and its effective
     rank, averaged over layers; `energy_outside_shared_layer0` is the first LoRA layer alone. Bytes
-    count LoRA factors up to each client's rank."""
+    count LoRA factors up to each client's rank. A method that merges the round's update into the
+    base weights (FLoRA: `frozen_delta/` in its server state) has that merged increment counted as
+    the global update, its fresh adapters being zero."""
     from fedcore import lora
 
     lcfg = fed.cfg.model.lora
@@ -104,6 +120,10 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks) -> dict[str, float
     fractions, eff = [], []
     for prefix, (a, b) in layers.items():
         delta = lora.product(fed.global_state[a], fed.global_state[b], s_max)
+        merged = f"frozen_delta/{lora.base_weight_key(prefix)}"
+        if merged in fed.server_state:
+            before = (prev_server or {}).get(merged)
+            delta = delta + fed.server_state[merged].to(torch.float64) - (0 if before is None else before.to(torch.float64))
         fractions.append(lora.energy_fractions(delta, ranks))
         eff.append(lora.effective_rank(delta))
     out: dict[str, float] = {}

@@ -74,14 +74,14 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
     """Validated (cell, base config, space) entries; raises ValueError before anything runs."""
     from fedcore.config import ConfigError, make_config
 
-    cells = study.cells(args.controls, profile.alphas)
+    cells = study.cells(profile, args.controls)
     if args.cells:
         cells = [c for c in cells if re.search(args.cells, study.cell_name(c))]
         if not cells:
             raise ValueError(f"--cells {args.cells!r} matches no cell of {study.name}")
     entries = []
     for cell in cells:
-        overrides = {**study.cell_overrides(cell, profile.foundation_model), "rounds": profile.rounds(cell["alpha"]),
+        overrides = {**study.cell_overrides(cell, profile), "rounds": profile.rounds(cell["alpha"]),
                      **profile.model_overrides.get(cell["model"], {}), "device": args.device}
         space = study.space(cell, profile.max_local_epochs)
         probe = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
@@ -96,10 +96,10 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
 
 
 class Progress(tune.Callback):
-    """One line per finished trial, with the best worst-client accuracy so far."""
+    """One line per finished trial: its objectives and the best first objective so far."""
 
-    def __init__(self, label: str, rounds: int):
-        self.label, self.rounds, self.best = label, rounds, -math.inf
+    def __init__(self, label: str, rounds: int, objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")):
+        self.label, self.rounds, self.objectives, self.best = label, rounds, objectives, -math.inf
 
     @staticmethod
     def running(trials, trial) -> int:
@@ -107,29 +107,32 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        worst = r.get("worst_client_acc", math.nan)
-        if not math.isnan(worst):
-            self.best = max(self.best, worst)
+        first = r.get(self.objectives[0], math.nan)
+        if not math.isnan(first):
+            self.best = max(self.best, first)
         if r.get("diverged"):
             status = "diverged"
         elif r.get("round", 0) < self.rounds:
             status = f"stopped early at round {int(r.get('round', 0))}"
         else:
             status = "done"
-        print(f"  [{self.label}] trial {trial.trial_id}: {status}; worst {worst:.4f} "
-              f"bal {r.get('balancedness', math.nan):.4f}; best worst so far {self.best:.4f}; "
-              f"{self.running(trials, trial)} running", flush=True)
+        values = " ".join(f"{SHORT.get(k, k)} {r.get(k, math.nan):.4f}" for k in self.objectives)
+        print(f"  [{self.label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
+              f"so far {self.best:.4f}; {self.running(trials, trial)} running", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         print(f"  [{self.label}] trial {trial.trial_id}: failed (see its error file)", flush=True)
 
 
-def best_config(grid, rounds: int) -> dict[str, Any] | None:
-    """The finished trial with the highest worst-client accuracy (balancedness breaks ties)."""
+SHORT = {"worst_client_acc": "worst", "balancedness": "bal", "mean_client_acc": "mean", "global_acc": "acc"}
+
+
+def best_config(grid, rounds: int, objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")) -> dict[str, Any] | None:
+    """The finished trial with the highest first objective (the others break ties)."""
     finished = [r for r in grid if r.metrics and r.metrics.get("round") == rounds and not r.metrics.get("diverged")]
     if not finished:
         return None
-    key = lambda r: (r.metrics.get("worst_client_acc", -1), r.metrics.get("balancedness", -1))  # noqa: E731
+    key = lambda r: tuple(r.metrics.get(k, -1) for k in objectives)  # noqa: E731
     return max(finished, key=key).config
 
 
@@ -155,7 +158,7 @@ def run_cell(entry, args, profile, study, resources, parent_run_id: str, tune_di
     from sweeps.tracking import TrialTracker
 
     def callbacks(stage: str) -> list:
-        return [Progress(f"{entry['name']} {stage}", rounds),
+        return [Progress(f"{entry['name']} {stage}", rounds, study.objectives),
                 TrialTracker(args.tracking_uri, study.name, parent_run_id, f"{entry['name']}/{stage}",
                              {**entry["cell"], "name": entry["name"], "stage": stage})]
 
@@ -181,7 +184,7 @@ def run_cell(entry, args, profile, study, resources, parent_run_id: str, tune_di
         tune_config=tune.TuneConfig(search_alg=search, scheduler=asha, num_samples=args.num_samples,
                                     max_concurrent_trials=args.max_concurrent),
         run_config=run_config("tune")), f"{tune_dir}/{entry['name']}-tune", trainable, args.resume, args.num_samples)
-    best = best_config(tuned, rounds)
+    best = best_config(tuned, rounds, study.objectives)
     if best is None:
         return {"cell": entry["name"], "error": "no trial finished"}
     chosen = {k: v for k, v in best.items() if k in entry["space"]}
@@ -191,7 +194,7 @@ def run_cell(entry, args, profile, study, resources, parent_run_id: str, tune_di
         run_config=run_config("seeds")), f"{tune_dir}/{entry['name']}-seeds", trainable, args.resume, args.seeds)
     finals = [r.metrics for r in seeded if r.metrics and not r.metrics.get("diverged")]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
-    for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"):
+    for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc"):
         vals = [m[key] for m in finals if m.get(key) == m.get(key)]
         row[key] = statistics.fmean(vals) if vals else math.nan
         row[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -216,10 +219,6 @@ def prepare(args):
 
     try:
         study = get_study(args.study)
-        if args.data_dir is not None:
-            missing = [f for f in ("train.csv", "test.csv") if not (Path(args.data_dir) / f).is_file()]
-            if missing:
-                raise ValueError(f"--data-dir {args.data_dir!r} lacks {', '.join(missing)}")
         profile = get_profile(study, args.profile, args.data_dir)
     except KeyError as e:
         raise ValueError(e.args[0]) from None

@@ -1,6 +1,8 @@
 """Tables and plots of a finished launch, read back from MLflow.
 
     python -m sweeps.report fairness_paradox                     # the latest finished launch
+    python -m sweeps.report rank_collapse --profile smoke        # rank-collapse table and figure
+    python -m sweeps.report lora_fair                            # LoRA-FAIR Table-1-shaped table
     python -m sweeps.report fairness_paradox --run-id <parent>   # a given launch
     python -m sweeps.report fairness_paradox --tracking-uri http://127.0.0.1:5000 --out reports/
 
@@ -10,6 +12,7 @@ round), beside the paper's numbers (METHODS.md 1.5), and, where the control leve
 the worst-client gap at the smallest alpha follows the pretraining priors. Writes three plots
 (gap against alpha per model; per-client accuracy at the smallest alpha; worst-client accuracy
 over rounds) and the table as CSV to --out, and logs them to the launch's parent run under report/.
+The LoRA studies' reports are described in sweeps/report_lora.py.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from sweeps.report_lora import lora_fair_report, rank_collapse_report
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("mean_client_acc", "worst_client_acc", "gap", "balancedness")
@@ -78,7 +83,7 @@ def seed_records(client, parent) -> list[dict[str, Any]]:
         out.append({"model": tags["cell.model"], "aggregation": tags["cell.aggregation"],
                     "alpha": float(tags["cell.alpha"]), "cell": tags.get("cell.name", ""),
                     "seed": int(float(run.data.params.get("seed", "0"))), "run_id": run.info.run_id,
-                    "metrics": m})
+                    "metrics": m, "cell": {k[5:]: v for k, v in tags.items() if k.startswith("cell.")}})
     if not out:
         raise ReportError(f"launch {parent.info.run_id} has no finished seed runs")
     return out
@@ -241,6 +246,23 @@ def plot_worst_over_rounds(client, records, path: Path) -> None:
     plt.close(fig)
 
 
+def fairness_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+    rows = summarize(records)
+    verdict = priors_verdict(rows)
+    text = format_table(rows) + ("\n\n" + verdict if verdict else "")
+    smallest = min(r["alpha"] for r in records)
+    files = [out / "table.csv", out / "gap_vs_alpha.png", out / f"per_client_alpha{smallest:g}.png",
+             out / "worst_client_over_rounds.png"]
+    write_csv(rows, files[0])
+    plot_gap_vs_alpha(rows, files[1])
+    plot_per_client(records, smallest, files[2])
+    plot_worst_over_rounds(client, records, files[3])
+    return text, files
+
+
+REPORTS = {"fairness_paradox": fairness_report, "rank_collapse": rank_collapse_report, "lora_fair": lora_fair_report}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,28 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     except (TrackingError, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = summarize(records)
     tags = parent.data.tags
     print(f"{args.study}: launch {parent.info.run_id} (profile {tags.get('profile')}, commit "
           f"{tags.get('git_commit', '?')[:10]}), {len(records)} seed runs\n")
-    print(format_table(rows))
-    verdict = priors_verdict(rows)
-    if verdict:
-        print("\n" + verdict)
-
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(args.out) if args.out else ROOT / "reports" / f"{args.study}-{parent.info.run_id[:8]}"
     out.mkdir(parents=True, exist_ok=True)
-    smallest = min(r["alpha"] for r in records)
-    files = [out / "table.csv", out / "gap_vs_alpha.png", out / f"per_client_alpha{smallest:g}.png",
-             out / "worst_client_over_rounds.png"]
-    write_csv(rows, files[0])
-    plot_gap_vs_alpha(rows, files[1])
-    plot_per_client(records, smallest, files[2])
-    plot_worst_over_rounds(client, records, files[3])
-    (out / "table.txt").write_text(format_table(rows) + ("\n\n" + verdict if verdict else "") + "\n")
+    text, files = REPORTS[args.study](client, parent, records, out)
+    print(text)
+    (out / "table.txt").write_text(text + "\n")
     files.append(out / "table.txt")
     if not args.no_log:
         for f in files:

@@ -33,6 +33,9 @@ class FederatedData:
     in_features: int | None = None
     synthetic: bool = False
     notes: list[str] = field(default_factory=list)
+    domain_names: list[str] | None = None  # where the source has domains (natural or derived)
+    train_domains: np.ndarray | None = None
+    test_domains: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -53,13 +56,15 @@ def _subset(split: Split, idx: np.ndarray) -> Split:
         split.labels[idx],
         texts=[split.texts[i] for i in idx] if split.texts is not None else None,
         features=split.features[idx] if split.features is not None else None,
+        images=split.images[idx] if split.images is not None else None,
+        domains=split.domains[idx] if split.domains is not None else None,
     )
 
 
 def _pool_and_test(cfg) -> RawDataset:
     ds = load_source(cfg.data.source)
     if cfg.data.test_source:
-        ds.test = load_test_split(cfg.data.test_source, ds.class_names)
+        ds.test = load_test_split(cfg.data.test_source, ds.class_names, ds.domain_names)
     if ds.test is None:
         labels = ds.train.labels
         test_idx = stratified_subsample(labels, int(round(cfg.data.test_fraction * len(labels))), _FIXED_SPLIT_SEED)
@@ -85,6 +90,10 @@ def _tensorize(cfg, ds: RawDataset) -> tuple[dict, dict, int | None, int | None]
         tr = {"x": torch.as_tensor(ds.train.features)}
         te = {"x": torch.as_tensor(ds.test.features)}
         return tr, te, None, tr["x"].shape[1]
+    if ds.kind == "image":  # uint8 N x 3 x H x W; the model normalises and resizes per batch
+        tr = {"pixels": torch.as_tensor(ds.train.images).permute(0, 3, 1, 2).contiguous()}
+        te = {"pixels": torch.as_tensor(ds.test.images).permute(0, 3, 1, 2).contiguous()}
+        return tr, te, None, None
     directory = cache_dir(cfg.cache_dir)
     if cfg.model.name == "textcnn":
         key = content_hash("words-v1", cfg.data.vocab_size, cfg.data.max_len, ds.train.texts, ds.test.texts)
@@ -117,14 +126,15 @@ def _tensorize(cfg, ds: RawDataset) -> tuple[dict, dict, int | None, int | None]
 def load_federated(cfg) -> FederatedData:
     ds = _pool_and_test(cfg)
     part: Partition = partition(ds.train.labels, cfg.partition.kind, cfg.partition.num_clients,
-                                cfg.partition.alpha, cfg.partition_seed, cfg.partition.empty_clients)
+                                cfg.partition.alpha, cfg.partition_seed, cfg.partition.empty_clients,
+                                ds.train.domains)
     if cfg.eval.protocol == "local_split":
         train_idx, test_idx = local_split(part.clients, cfg.partition.local_test_fraction, cfg.partition_seed)
         test_idx = cap_per_client(test_idx, cfg.eval.max_samples_per_client, cfg.partition_seed)
         test_on = "pool"
     else:
         train_idx = part.clients
-        test_idx = class_filtered(ds.train.labels, part.clients, ds.test.labels)
+        test_idx = class_filtered(ds.train.labels, part.clients, ds.test.labels, ds.train.domains, ds.test.domains)
         test_on = "test"
     tr, te, vocab_size, in_features = _tensorize(cfg, ds)
     return FederatedData(
@@ -134,6 +144,7 @@ def load_federated(cfg) -> FederatedData:
         client_train=train_idx, client_test=test_idx, client_test_on=test_on,
         client_ids=part.client_ids, dropped_clients=part.dropped,
         vocab_size=vocab_size, in_features=in_features, synthetic=ds.synthetic, notes=list(ds.notes),
+        domain_names=ds.domain_names, train_domains=ds.train.domains, test_domains=ds.test.domains,
     )
 
 

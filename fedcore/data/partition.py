@@ -1,4 +1,5 @@
-"""Partitioners: IID and Dirichlet label skew, plus client test splits.
+"""Partitioners: IID, Dirichlet label skew, and by domain (feature non-IID, optionally with
+Dirichlet label skew inside each domain), plus client test splits.
 
 All functions return index arrays into the training pool and are deterministic given the seed.
 """
@@ -47,8 +48,33 @@ def iid(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
     return [a.astype(np.int64) for a in np.array_split(perm, num_clients)]
 
 
+def by_domain(labels: np.ndarray, domains: np.ndarray, num_clients: int, seed: int,
+              alpha: float | None = None) -> list[np.ndarray]:
+    """Feature non-IID as in LoRA-FAIR: client k holds data of domain k mod D only. A domain's
+    samples are split among its clients IID, or with `alpha` by Dirichlet label skew (the same
+    rule as dirichlet_label_skew, seeded per domain)."""
+    num_domains = int(domains.max()) + 1
+    if num_clients < num_domains:
+        raise PartitionError(f"partition.num_clients: {num_clients} clients for {num_domains} domains; "
+                             f"allowed: at least {num_domains} (one domain per client)")
+    parts: list[np.ndarray] = [np.zeros(0, np.int64)] * num_clients
+    for d in range(num_domains):
+        members = list(range(d, num_clients, num_domains))
+        idx = np.where(domains == d)[0]
+        if alpha is None:
+            split = [idx[s] for s in iid(len(idx), len(members), seed + d)]
+        else:
+            split = [idx[s] for s in dirichlet_label_skew(labels[idx], len(members), alpha, seed + d)]
+        for k, rows in zip(members, split):
+            parts[k] = np.sort(rows).astype(np.int64)
+    return parts
+
+
 def partition(labels: np.ndarray, kind: str, num_clients: int, alpha: float, seed: int,
-              empty_clients: str = "drop") -> Partition:
+              empty_clients: str = "drop", domains: np.ndarray | None = None) -> Partition:
+    if kind.startswith("domain") and domains is None:
+        raise PartitionError(f"partition.kind: {kind!r} needs data with a domain per sample (images:... with "
+                             f"layout=domain/class or domains=...); this source has none")
     if num_clients > len(labels):
         raise PartitionError(
             f"partition.num_clients: {num_clients} clients for {len(labels)} training samples; "
@@ -58,8 +84,12 @@ def partition(labels: np.ndarray, kind: str, num_clients: int, alpha: float, see
         parts = iid(len(labels), num_clients, seed)
     elif kind == "dirichlet":
         parts = dirichlet_label_skew(labels, num_clients, alpha, seed)
+    elif kind == "domain":
+        parts = by_domain(labels, domains, num_clients, seed)
+    elif kind == "domain_dirichlet":
+        parts = by_domain(labels, domains, num_clients, seed, alpha)
     else:
-        raise PartitionError(f"partition.kind: unknown {kind!r}; allowed: iid, dirichlet")
+        raise PartitionError(f"partition.kind: unknown {kind!r}; allowed: iid, dirichlet, domain, domain_dirichlet")
     dropped = [k for k, p in enumerate(parts) if len(p) == 0]
     if dropped and empty_clients == "error":
         raise PartitionError(
@@ -88,12 +118,16 @@ def local_split(clients: list[np.ndarray], fraction: float, seed: int) -> tuple[
     return train, test
 
 
-def class_filtered(train_labels: np.ndarray, clients: list[np.ndarray], test_labels: np.ndarray) -> list[np.ndarray]:
-    """The paper's protocol: the global test set restricted to each client's training classes."""
+def class_filtered(train_labels: np.ndarray, clients: list[np.ndarray], test_labels: np.ndarray,
+                   train_domains: np.ndarray | None = None, test_domains: np.ndarray | None = None) -> list[np.ndarray]:
+    """The paper's protocol: the global test set restricted to each client's training classes
+    (and, given domains, to the client's own domains)."""
     out = []
     for idx in clients:
-        present = np.unique(train_labels[idx])
-        out.append(np.where(np.isin(test_labels, present))[0].astype(np.int64))
+        keep = np.isin(test_labels, np.unique(train_labels[idx]))
+        if train_domains is not None and test_domains is not None:
+            keep &= np.isin(test_domains, np.unique(train_domains[idx]))
+        out.append(np.where(keep)[0].astype(np.int64))
     return out
 
 

@@ -8,21 +8,28 @@
         addressed by 0-based index. `text` may name several columns (joined with a space).
         `label_offset` is subtracted from integer labels (AG News' 1..4 -> 0..3); string labels
         are mapped to 0..C-1 in sorted order.
-    sklearn:digits
-        scikit-learn's 8x8 digits (1,797 images, 10 classes), as 64 features in [0, 1].
+    sklearn:digits[?images=1&domains=...]
+        scikit-learn's 8x8 digits (1,797 images, 10 classes), as 64 features in [0, 1], or with
+        images=1 as 8x8 RGB images for the vision models.
+    images:<directory or .tar archive>[?layout=class|domain/class&root=F&size=S&domains=a,b]
+        An image folder or archive (fedcore/data/images.py): classes from folder names, domains
+        from the folder above them (layout=domain/class) or derived by fixed pixel transforms
+        (domains=identity,gray,invert,blur,lowcontrast).
     synthetic:topics[?classes=4&n=4000&test=800&seed=0&signal=0.3]
         A generated text corpus (fedcore/data/synthetic.py), labelled synthetic.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+import tarfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import numpy as np
+import torch
 
-SCHEMES = ("hf", "csv", "tsv", "sklearn", "synthetic")
+SCHEMES = ("hf", "csv", "tsv", "sklearn", "synthetic", "images")
 
 
 class DataSourceError(RuntimeError):
@@ -34,6 +41,8 @@ class Split:
     labels: np.ndarray
     texts: list[str] | None = None
     features: np.ndarray | None = None
+    images: np.ndarray | None = None  # N x H x W x 3 uint8
+    domains: np.ndarray | None = None  # domain index per sample (RawDataset.domain_names)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,12 +51,13 @@ class Split:
 @dataclass
 class RawDataset:
     name: str
-    kind: str  # "text" or "features"
+    kind: str  # "text", "features" or "image"
     train: Split
     test: Split | None
     class_names: list[str]
     synthetic: bool = False
     notes: list[str] = field(default_factory=list)
+    domain_names: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -70,13 +80,14 @@ _ALLOWED_PARAMS = {
     "hf": {"config", "train", "test", "text", "label", "class_names"},
     "csv": {"text", "label", "header", "label_offset", "class_names"},
     "tsv": {"text", "label", "header", "label_offset", "class_names"},
-    "sklearn": set(),
+    "sklearn": {"images", "domains"},
+    "images": {"layout", "root", "size", "domains", "class_names"},
     "synthetic": {"classes", "n", "test", "seed", "signal", "confuse"},
 }
 
 
 _NUMERIC = {"classes": int, "n": int, "test": int, "seed": int, "signal": float, "confuse": float,
-            "label_offset": int}
+            "label_offset": int, "size": int, "images": int}
 
 
 def check_uri(uri: str) -> str:
@@ -106,13 +117,38 @@ def check_uri(uri: str) -> str:
             raise ValueError(f"data file {target!r} does not exist (from {uri!r})")
         query = uri.split("?", 1)[1] if "?" in uri else ""
         return f"{scheme}:{path.resolve()}" + (f"?{query}" if query else "")
+    elif scheme == "images":
+        path = Path(target).expanduser()
+        if not (path.is_dir() or (path.is_file() and tarfile.is_tarfile(path))):
+            raise ValueError(f"image data {target!r} is neither a folder nor a tar archive (from {uri!r})")
+        if params.get("layout", "class") not in ("class", "domain/class"):
+            raise ValueError(f"layout={params['layout']!r} in {uri!r}; allowed: class, domain/class")
+        if "domains" in params and params.get("layout") == "domain/class":
+            raise ValueError(f"{uri!r}: domains= derives domains, layout=domain/class reads them; choose one")
+        _check_derived(params, uri)
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        return f"images:{path.resolve()}" + (f"?{query}" if query else "")
     elif scheme == "sklearn" and target != "digits":
         raise ValueError(f"unknown sklearn dataset {target!r}; allowed: digits")
+    elif scheme == "sklearn":
+        _check_derived(params, uri)
+        if "domains" in params and params.get("images") != "1":
+            raise ValueError(f"{uri!r}: domains= needs images=1")
     elif scheme == "synthetic" and target != "topics":
         raise ValueError(f"unknown synthetic dataset {target!r}; allowed: topics")
     elif scheme == "hf" and not target:
         raise ValueError("hf: needs a dataset name, e.g. hf:ag_news")
     return uri
+
+
+def _check_derived(params: dict[str, str], uri: str) -> None:
+    from fedcore.data.images import DERIVED_DOMAINS
+
+    names = [n for n in params.get("domains", "").split(",") if n]
+    bad = [n for n in names if n not in DERIVED_DOMAINS]
+    if bad or ("domains" in params and len(names) < 2):
+        raise ValueError(f"domains={params['domains']!r} in {uri!r}: give two or more of "
+                         f"{', '.join(DERIVED_DOMAINS)}")
 
 
 def load_source(uri: str) -> RawDataset:
@@ -121,34 +157,42 @@ def load_source(uri: str) -> RawDataset:
     if scheme == "synthetic":
         return _load_synthetic(params)
     if scheme == "sklearn":
-        return _load_digits()
+        return _load_digits(params)
+    if scheme == "images":
+        return _load_images(target, params)
     if scheme in ("csv", "tsv"):
         split, names = _load_delimited(target, params, "," if scheme == "csv" else "\t")
         return RawDataset(Path(target).name, "text", split, None, names)
     return _load_hf(target, params)
 
 
-def load_test_split(uri: str, class_names: list[str]) -> Split:
-    """A separate test file, its labels expressed in the training source's classes."""
+def load_test_split(uri: str, class_names: list[str], domain_names: list[str] | None = None) -> Split:
+    """A separate test file, its labels (and domains) expressed in the training source's."""
     ds = load_source(uri)
     split = ds.train
     integer_labels = ds.class_names == [str(i) for i in range(len(ds.class_names))]
     if not integer_labels and ds.class_names != class_names[: len(ds.class_names)]:
         # labels given by name: map them through the training source's names
-        lookup = {name: i for i, name in enumerate(class_names)}
-        unknown = sorted(set(ds.class_names) - set(lookup))
-        if unknown:
-            raise DataSourceError(
-                f"test source {uri!r} has classes {unknown[:5]} that the training source does not "
-                f"have ({', '.join(class_names)})"
-            )
-        remap = np.array([lookup[n] for n in ds.class_names], dtype=np.int64)
-        split = Split(remap[split.labels], texts=split.texts, features=split.features)
+        split = replace(split, labels=_remap(split.labels, ds.class_names, class_names, "classes", uri))
     if len(split) and split.labels.max() >= len(class_names):
         raise DataSourceError(
             f"test source {uri!r} has labels outside the training source's {len(class_names)} classes"
         )
+    if domain_names is not None:
+        if split.domains is None:
+            raise DataSourceError(f"test source {uri!r} has no domains but the training source has "
+                                  f"({', '.join(domain_names)}); give both the same layout or domains=")
+        split = replace(split, domains=_remap(split.domains, ds.domain_names, domain_names, "domains", uri))
     return split
+
+
+def _remap(values: np.ndarray, names: list[str], target: list[str], what: str, uri: str) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(target)}
+    unknown = sorted(set(names) - set(lookup))
+    if unknown:
+        raise DataSourceError(f"test source {uri!r} has {what} {unknown[:5]} that the training source does not "
+                              f"have ({', '.join(target)})")
+    return np.array([lookup[n] for n in names], dtype=np.int64)[values]
 
 
 def _load_synthetic(p: dict[str, str]) -> RawDataset:
@@ -173,15 +217,71 @@ def _load_synthetic(p: dict[str, str]) -> RawDataset:
     )
 
 
-def _load_digits() -> RawDataset:
+def _load_digits(p: dict[str, str]) -> RawDataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    return RawDataset(
-        "sklearn:digits", "features", Split(d.target.astype(np.int64), features=x), None,
-        [str(i) for i in range(10)],
-    )
+    names = [str(i) for i in range(10)]
+    labels = d.target.astype(np.int64)
+    if p.get("images") != "1":
+        x = (d.data / 16.0).astype(np.float32)
+        return RawDataset("sklearn:digits", "features", Split(labels, features=x), None, names)
+    gray = np.rint(d.images * (255 / 16)).astype(np.uint8)
+    ds = RawDataset("sklearn:digits (images)", "image", Split(labels, images=np.repeat(gray[..., None], 3, -1)),
+                    None, names)
+    return _with_derived_domains(ds, p)
+
+
+def _with_derived_domains(ds: RawDataset, p: dict[str, str]) -> RawDataset:
+    from fedcore.data.images import derive_domains
+
+    names = [n for n in p.get("domains", "").split(",") if n]
+    if not names:
+        return ds
+    for i, split in enumerate((ds.train, ds.test)):
+        if split is not None:
+            split.images, split.domains = derive_domains(split.images, names, seed=i)
+    ds.domain_names = names
+    ds.notes.append(f"domains {', '.join(names)} are derived by fixed pixel transforms (feature shift), "
+                    f"not natural domains")
+    return ds
+
+
+def _load_images(target: str, p: dict[str, str]) -> RawDataset:
+    from fedcore.data.images import read_image_folder
+    from fedcore.data.tokenize import cache_dir, cached, content_hash
+
+    path = Path(target).expanduser().resolve()
+    layout = p.get("layout", "class")
+    stat = path.stat()
+    key = content_hash("images-v1", str(path), stat.st_size, stat.st_mtime_ns, layout, p.get("root"), p.get("size"))
+
+    def build() -> dict:
+        images, classes, domains, _ = read_image_folder(path, layout, p.get("root"),
+                                                        int(p["size"]) if p.get("size") else None)
+        names = sorted(set(classes))
+        out = {"images": torch.from_numpy(images),
+               "labels": torch.as_tensor([names.index(c) for c in classes]),
+               "class_names": torch.as_tensor(bytearray("\n".join(names).encode()))}
+        if domains is not None:
+            dnames = sorted(set(domains))
+            out["domains"] = torch.as_tensor([dnames.index(d) for d in domains])
+            out["domain_names"] = torch.as_tensor(bytearray("\n".join(dnames).encode()))
+        return out
+
+    t = cached(key, cache_dir(None), build)
+    names = bytes(t["class_names"].tolist()).decode().split("\n")
+    if p.get("class_names"):
+        given = p["class_names"].split(",")
+        if len(given) != len(names):
+            raise DataSourceError(f"class_names lists {len(given)} names but {path} has {len(names)} class folders")
+        names = given
+    split = Split(t["labels"].numpy().astype(np.int64), images=t["images"].numpy(),
+                  domains=t["domains"].numpy().astype(np.int64) if "domains" in t else None)
+    ds = RawDataset(path.name, "image", split, None, names)
+    if "domain_names" in t:
+        ds.domain_names = bytes(t["domain_names"].tolist()).decode().split("\n")
+    return _with_derived_domains(ds, p)
 
 
 def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:

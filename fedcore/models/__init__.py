@@ -7,9 +7,10 @@ from torch import nn
 
 from fedcore.models.hf_text import HUB_ALIASES, TINY, WIDTHS, build_hf_classifier
 from fedcore.models.textcnn import MLP, TextCNN
+from fedcore.models.vision import TINY_VISION, VISION_WIDTHS, build_vision_classifier, is_vision
 
 SCRATCH_MODELS = ("textcnn", "mlp")
-CATALOGUE = ("textcnn", "mlp", "minilm-l6", *TINY, *HUB_ALIASES)
+CATALOGUE = ("textcnn", "mlp", "minilm-l6", *TINY, *HUB_ALIASES, *TINY_VISION)
 _HUB_ID = re.compile(r"^(hf:)?[\w.-]+/[\w.-]+$")
 
 
@@ -18,21 +19,21 @@ def is_transformer(name: str) -> bool:
 
 
 def check_model_name(name: str) -> None:
-    if name in CATALOGUE or _HUB_ID.match(name) or name.startswith("hf:"):
+    if name in CATALOGUE or _HUB_ID.match(name) or name.startswith("hf:") or name.startswith("timm:"):
         return
     raise ValueError(
-        f"unknown model {name!r}; allowed: {', '.join(CATALOGUE)}, or a hub id such as "
-        f"'org/model' or 'hf:<id>' (online)"
+        f"unknown model {name!r}; allowed: {', '.join(CATALOGUE)}, a hub id such as "
+        f"'org/model' or 'hf:<id>' (online), or 'timm:<timm model name>'"
     )
 
 
 def lora_width(mcfg) -> int | None:
     """Width of the LoRA target layers where known without loading the model."""
-    return WIDTHS.get(mcfg.name)
+    return WIDTHS.get(mcfg.name) or VISION_WIDTHS.get(mcfg.name)
 
 
 def input_kind(name: str) -> str:
-    return "features" if name == "mlp" else "text"
+    return "features" if name == "mlp" else "image" if is_vision(name) else "text"
 
 
 def build_model(mcfg, num_classes: int, vocab_size: int | None = None, in_features: int | None = None) -> nn.Module:
@@ -41,6 +42,8 @@ def build_model(mcfg, num_classes: int, vocab_size: int | None = None, in_featur
                        tuple(mcfg.kernel_sizes), mcfg.dropout)
     if mcfg.name == "mlp":
         return MLP(in_features, num_classes, mcfg.hidden)
+    if is_vision(mcfg.name):
+        return build_vision_classifier(mcfg, num_classes)
     return build_hf_classifier(mcfg, num_classes, vocab_size or 30522)
 
 

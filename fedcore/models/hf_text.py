@@ -118,22 +118,26 @@ class HFClassifier(nn.Module):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+def checked_rank(model: nn.Module, targets: list[str], mcfg) -> int:
+    """The resident LoRA rank, refused when the targets match nothing or it exceeds their width."""
+    widths = [min(m.in_features, m.out_features) for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and n.split(".")[-1] in targets]
+    if not widths:
+        raise ValueError(f"model.lora.target_modules: {targets} match no linear layer of {mcfg.name}")
+    rank = mcfg.lora.resident_rank
+    if rank > min(widths):
+        raise ValueError(f"model.lora: rank {rank} is above the width {min(widths)} of {mcfg.name}'s LoRA "
+                         f"target layers; allowed: 1..{min(widths)}")
+    return rank
+
+
 def build_hf_classifier(mcfg, num_classes: int, vocab_size: int) -> HFClassifier:
     base = _base_model(mcfg.name, num_classes, mcfg.init, vocab_size)
     if mcfg.tuning == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
         targets = lora_targets(base.config.model_type, mcfg.lora.target_modules)
-        widths = [min(m.in_features, m.out_features) for n, m in base.named_modules()
-                  if isinstance(m, nn.Linear) and n.split(".")[-1] in targets]
-        if not widths:
-            raise ValueError(f"model.lora.target_modules: {targets} match no linear layer of {mcfg.name}")
-        rank = mcfg.lora.resident_rank
-        if rank > min(widths):
-            raise ValueError(
-                f"model.lora: rank {rank} is above the width {min(widths)} of "
-                f"{mcfg.name}'s LoRA target layers; allowed: 1..{min(widths)}"
-            )
+        rank = checked_rank(base, targets, mcfg)
         lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=mcfg.lora.alpha,
                           lora_dropout=mcfg.lora.dropout, target_modules=targets)
         base = get_peft_model(base, lcfg)

@@ -1,0 +1,184 @@
+"""Reports of the federated LoRA studies, from a launch's seeded re-runs in MLflow.
+
+rank_collapse: accuracy table (method x rank profile x alpha: mean and worst client accuracy, gap,
+and the final energy outside the shared rank) and raFLoRA's rank-collapse figure: the energy of the
+global update outside the smallest client rank, 1 - rho_rmin, against round, one line per method.
+lora_fair: a table shaped like LoRA-FAIR's Table 1 (one row per method; per-domain accuracy where the
+data has domains, then the average, and the worst client), one block per partition setting, beside
+the paper's DomainNet ViT averages (METHODS.md 5.5), and accuracy against round per method.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from search_spaces.lora import LORA_FAIR_METHODS, RANK_COLLAPSE_METHODS
+
+# METHODS.md 5.5: DomainNet, ViT-B/16, feature non-IID, average over the six domains (percent)
+LORA_FAIR_PAPER = {"ffa_lora": 72.82, "fedit": 75.75, "flora": 75.53, "flexlora": 76.02, "lora_fair": 77.07}
+LORA_FAIR_PAPER_LABEL = {"fedit": 73.89, "flora": 74.26, "flexlora": 74.25, "lora_fair": 74.99}  # + label non-IID
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v == v]
+    if not vals:
+        return math.nan, 0.0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def _pm(pair: tuple[float, float], scale: float = 100.0) -> str:
+    m, sd = pair
+    return "    -      " if math.isnan(m) else f"{scale * m:5.1f} ± {scale * sd:4.1f}"
+
+
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def _curves_plot(client, records, groups: dict[str, list[dict]], panels, key: str, ylabel: str, title: str,
+                 methods: tuple[str, ...], path: Path, scale: float = 100.0) -> None:
+    """One panel per panel key, one line per method: the mean over seeds of `key` at every round."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.6 * len(panels)), 3.6), sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for i, method in enumerate(methods):
+            runs = groups.get((panel, method), [])
+            curves = [_history(client, r["run_id"], key) for r in runs]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(steps, [scale * statistics.fmean(c[s] for c in curves) for s in steps], marker=".",
+                    label=method, color=f"C{i}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("round")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- rank_collapse -------------------------------------------------------------------------------
+def rank_collapse_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["alpha"], r["cell"].get("rank_profile", "?"), r["aggregation"])].append(r)
+    order = {m: i for i, m in enumerate(RANK_COLLAPSE_METHODS)}
+    rows = []
+    for (alpha, rp, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
+        row = {"alpha": alpha, "rank_profile": rp, "method": method, "seeds": len(rs)}
+        for k in ("mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank"):
+            row[k] = _mean_sd([r["metrics"].get(k, math.nan) for r in rs])
+        rows.append(row)
+    return rows
+
+
+def rank_collapse_table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'alpha':>5}  {'rank profile':<18}{'method':<10}{'seeds':>5}  {'mean acc':>12}  {'worst acc':>12}  "
+            f"{'gap':>12}  {'1-rho_rmin':>12}  {'eff. rank':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['alpha']:>5g}  {r['rank_profile']:<18}{r['method']:<10}{r['seeds']:>5}  "
+                     f"{_pm(r['mean_client_acc'])}  {_pm(r['worst_client_acc'])}  {_pm(r['gap'])}  "
+                     f"{_pm(r['energy_outside_shared'])}  {r['effective_rank'][0]:7.2f}")
+    lines.append("(percent; mean ± sd over seeds, final round. 1-rho_rmin: share of the global update's energy "
+                 "outside the smallest client rank, averaged over LoRA layers; raFLoRA's claim is that it decays "
+                 "toward 0 under FlexLoRA/HetLoRA-style aggregation and does not under raFLoRA. No verified "
+                 "reference numbers exist (METHODS.md 4.5).)")
+    return "\n".join(lines)
+
+
+def rank_collapse_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+    rows = rank_collapse_rows(records)
+    text = rank_collapse_table(rows)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(f"{r['cell'].get('rank_profile', '?')}, alpha {r['alpha']:g}", r["aggregation"])].append(r)
+    panels = sorted({p for p, _ in groups})
+    files = [out / "table.csv", out / "energy_outside_shared.png", out / "worst_client_over_rounds.png"]
+    _write_csv(files[0], ["alpha", "rank_profile", "method", "seeds"], rows,
+               ["mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank"])
+    _curves_plot(client, records, groups, panels, "energy_outside_shared", "1 - rho_rmin (%)",
+                 "energy of the global update outside the shared rank (mean over seeds)",
+                 RANK_COLLAPSE_METHODS, files[1])
+    _curves_plot(client, records, groups, panels, "worst_client_acc", "worst-client acc (%)",
+                 "worst-client accuracy over rounds (mean over seeds)", RANK_COLLAPSE_METHODS, files[2])
+    return text, files
+
+
+# --- lora_fair -----------------------------------------------------------------------------------
+def _setting(r: dict[str, Any]) -> str:
+    kind = r["cell"].get("partition", "dirichlet")
+    return "feature non-IID (domain)" if kind == "domain" else \
+        f"feature + label non-IID (alpha {r['alpha']:g})" if kind == "domain_dirichlet" else f"label skew, alpha {r['alpha']:g}"
+
+
+def lora_fair_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    domains = sorted({k.split("/", 1)[1] for r in records for k in r["metrics"] if k.startswith("domain_acc/")})
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(_setting(r), r["aggregation"])].append(r)
+    order = {m: i for i, m in enumerate(LORA_FAIR_METHODS)}
+    rows = []
+    for (setting, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        row: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rs)}
+        for d in domains:
+            row[f"domain_acc/{d}"] = _mean_sd([r["metrics"].get(f"domain_acc/{d}", math.nan) for r in rs])
+        avg_key = "domain_avg_acc" if domains else "global_acc"
+        row["avg"] = _mean_sd([r["metrics"].get(avg_key, math.nan) for r in rs])
+        row["worst_client_acc"] = _mean_sd([r["metrics"].get("worst_client_acc", math.nan) for r in rs])
+        kind = rs[0]["cell"].get("partition")
+        paper = LORA_FAIR_PAPER if kind == "domain" else LORA_FAIR_PAPER_LABEL if kind == "domain_dirichlet" else {}
+        row["paper"] = paper.get(method)
+        rows.append(row)
+    return rows, domains
+
+
+def lora_fair_table(rows: list[dict[str, Any]], domains: list[str]) -> str:
+    cols = [d[:12] for d in domains] + ["Avg", "worst client"]
+    lines = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        head = f"{'method':<11}{'seeds':>5}  " + "  ".join(f"{c:>12}" for c in cols) + "   paper Avg"
+        lines += [setting, head, "-" * len(head)]
+        for r in (r for r in rows if r["setting"] == setting):
+            vals = [_pm(r[f"domain_acc/{d}"]) for d in domains] + [_pm(r["avg"]), _pm(r["worst_client_acc"])]
+            paper = f"{r['paper']:.2f}" if r["paper"] else "-"
+            lines.append(f"{r['method']:<11}{r['seeds']:>5}  " + "  ".join(vals) + f"   {paper}")
+        lines.append("")
+    lines.append("(percent; mean ± sd over seeds, final round; Avg is the mean of the per-domain accuracies where "
+                 "the data has domains, the global test accuracy otherwise. Paper: LoRA-FAIR Table 1, DomainNet, "
+                 "ViT-B/16 (METHODS.md 5.5); compare the ordering, not the level, off the paper profile.)")
+    return "\n".join(lines)
+
+
+def lora_fair_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+    rows, domains = lora_fair_rows(records)
+    text = lora_fair_table(rows, domains)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(_setting(r), r["aggregation"])].append(r)
+    panels = list(dict.fromkeys(_setting(r) for r in sorted(records, key=lambda r: r["alpha"])))
+    files = [out / "table.csv", out / "accuracy_over_rounds.png"]
+    _write_csv(files[0], ["setting", "method", "seeds"], rows,
+               [f"domain_acc/{d}" for d in domains] + ["avg", "worst_client_acc"], extra=["paper"])
+    _curves_plot(client, records, groups, panels, "domain_avg_acc" if domains else "global_acc", "accuracy (%)",
+                 "test accuracy over rounds (mean over seeds)", LORA_FAIR_METHODS, files[1])
+    return text, files
+
+
+def _write_csv(path: Path, ids: list[str], rows, keys: list[str], extra: list[str] = ()) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*ids, *[c for k in keys for c in (k, k + "_sd")], *extra])
+        for r in rows:
+            w.writerow([r[i] for i in ids] + [v for k in keys for v in r[k]] + [r.get(e) for e in extra])
