@@ -38,6 +38,9 @@ class DataConfig(_Strict):
     max_test_samples: int | None = Field(None, ge=1)
     # Use at most this many training samples (stratified subsample); None keeps all.
     max_train_samples: int | None = Field(None, ge=1)
+    # Long-tailed training pool with this imbalance factor (FedPuReL's exponential profile,
+    # fedcore/data/long_tail.py: class 0 the head, the last class n_max / IF); the test set stays.
+    long_tail_if: float | None = Field(None, ge=1)
 
     @field_validator("source", "test_source")
     @classmethod
@@ -147,6 +150,22 @@ class ModelConfig(_Strict):
         return self
 
 
+class TeacherConfig(_Strict):
+    """A frozen zero-shot foundation model (fedcore/models/zero_shot.py): the teacher of distillation
+    methods, and the zero-shot baseline row (teacher_acc) of every run that names one."""
+    name: str = "minilm-l6"
+    template: str = "This text is about {}."
+    scale: float = Field(100.0, gt=0)  # logit scale on the cosine similarities (CLIP's exp(logit_scale))
+    max_len: int = Field(64, ge=4, le=4096)
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, v: str) -> str:
+        if v.count("{}") != 1:
+            raise ValueError(f"must hold exactly one '{{}}' for the class name, got {v!r}")
+        return v
+
+
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = Field(0.01, gt=0)
@@ -188,6 +207,7 @@ class RunConfig(_Strict):
     method: MethodConfig = MethodConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     eval: EvalConfig = EvalConfig()
+    teacher: TeacherConfig | None = None  # None: none, unless the method distils one (then the default)
     rounds: int = Field(10, ge=1)
     clients_per_round: int | None = Field(None, ge=1)  # None: every client, every round
     local_epochs: int = Field(1, ge=1)
@@ -244,6 +264,8 @@ class RunConfig(_Strict):
                                  f"allowed: one rank per client")
         from fedcore.methods import METHODS
 
+        if getattr(METHODS[self.method.name], "needs_teacher", False) and self.teacher is None:
+            object.__setattr__(self, "teacher", TeacherConfig())
         if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
             raise ValueError(
                 f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "

@@ -69,6 +69,8 @@ class Federation:
         keys += [f"client_acc/{k}" for k in self.data.client_ids]
         if self.data.domain_names:
             keys += ["domain_avg_acc", *(f"domain_acc/{n}" for n in self.data.domain_names)]
+        if "teacher_logits" in self.data.test_inputs:
+            keys += ["teacher_acc", "teacher_balancedness"]
         return dict.fromkeys(keys, math.nan)
 
     # --- one round ---------------------------------------------------------------------------
@@ -146,6 +148,10 @@ class Federation:
         test_y = d.test_labels.numpy()
         out = class_summary(test_pred, test_y, d.num_classes, self._train_counts,
                             self.cfg.eval.many_min, self.cfg.eval.few_max)
+        if "teacher_logits" in d.test_inputs:  # the zero-shot baseline row, on the same test set
+            t_pred = d.test_inputs["teacher_logits"].argmax(-1).numpy()
+            t = class_summary(t_pred, test_y, d.num_classes, self._train_counts)
+            out.update(teacher_acc=t["global_acc"], teacher_balancedness=t["balancedness"])
         if d.domain_names and d.test_domains is not None:
             out.update(domain_summary(test_pred, test_y, d.test_domains, d.domain_names))
         if d.client_test_on == "test":

@@ -41,6 +41,7 @@ def train_local(model: torch.nn.Module, method: Method, ctx: LocalContext, input
             rows = order[start:start + batch_size]
             batch = {k: v.to(device, non_blocking=True) for k, v in take(inputs, rows).items()}
             y = labels[rows].to(device, non_blocking=True)
+            ctx.batch = batch  # methods that need more than logits and labels (a teacher's logits)
             loss = method.local_loss(model(batch), y, ctx)
             opt.zero_grad(set_to_none=True)
             loss.backward()

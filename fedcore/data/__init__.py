@@ -73,6 +73,10 @@ def _pool_and_test(cfg) -> RawDataset:
         ds.test, ds.train = _subset(ds.train, test_idx), _subset(ds.train, np.where(mask)[0])
     if cfg.data.max_train_samples:
         ds.train = _subset(ds.train, stratified_subsample(ds.train.labels, cfg.data.max_train_samples, _FIXED_SPLIT_SEED))
+    if cfg.data.long_tail_if:
+        from fedcore.data.long_tail import long_tail_subsample
+
+        ds.train = _subset(ds.train, long_tail_subsample(ds.train.labels, cfg.data.long_tail_if, _FIXED_SPLIT_SEED))
     if cfg.data.max_test_samples:
         ds.test = _subset(ds.test, stratified_subsample(ds.test.labels, cfg.data.max_test_samples, _FIXED_SPLIT_SEED))
     return ds
@@ -137,6 +141,14 @@ def load_federated(cfg) -> FederatedData:
         test_idx = class_filtered(ds.train.labels, part.clients, ds.test.labels, ds.train.domains, ds.test.domains)
         test_on = "test"
     tr, te, vocab_size, in_features = _tensorize(cfg, ds)
+    if cfg.teacher is not None:
+        if ds.kind != "text":
+            raise DataSourceError(f"teacher: {cfg.teacher.name!r} is a text zero-shot head but "
+                                  f"{cfg.data.source!r} gives {ds.kind}; image teachers (open_clip) are not built yet")
+        from fedcore.teacher import teacher_logits
+
+        tr["teacher_logits"], te["teacher_logits"] = teacher_logits(cfg.teacher, ds.train.texts, ds.test.texts,
+                                                                    ds.class_names, cfg.cache_dir)
     return FederatedData(
         name=ds.name, class_names=ds.class_names,
         train_inputs=tr, train_labels=torch.as_tensor(ds.train.labels),

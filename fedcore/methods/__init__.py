@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fedcore.methods.base import ClientUpdate, LocalContext, Method
 from fedcore.methods.fedavg import FedAvg
+from fedcore.methods.fed_lpfm import FedLPFM
 from fedcore.methods.fedavgw import FedAvgW
 from fedcore.methods.fedit import FedIT
 from fedcore.methods.fedprox import FedProx
@@ -14,7 +15,7 @@ from fedcore.methods.lora_fair import LoRAFAIR
 from fedcore.methods.raflora import RaFLoRA
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (FedAvg, FedProx, FedAvgW, FedIT, FFALoRA, FLoRA, FlexLoRA,
-                                                        HetLoRA, RaFLoRA, LoRAFAIR)}
+                                                        HetLoRA, RaFLoRA, LoRAFAIR, FedLPFM)}
 
 
 def get_method(name: str, params: dict | None = None) -> Method:

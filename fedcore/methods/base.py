@@ -42,12 +42,14 @@ class LocalContext:
     rank: int | None = None  # the client's LoRA rank; a method may lower it (HetLoRA's pruning)
     server: State = field(default_factory=dict)  # the server state of this round (read only)
     report: dict[str, float] = field(default_factory=dict)  # sent to the server in ClientUpdate.metrics
+    batch: dict[str, torch.Tensor] = field(default_factory=dict)  # the current batch's inputs
 
 
 class Method:
     name: ClassVar[str]
     summary: ClassVar[str]
     requires_lora: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False  # the data carries a zero-shot teacher's logits ("teacher_logits")
     Params: ClassVar[type[BaseModel]] = NoParams
     lora_alpha: float | None = None  # set by the engine for LoRA models: s_k = lora_alpha / r_k
     seed: int = 0  # the run's seed (set by the engine), for server-side randomness
