@@ -81,7 +81,7 @@ def seed_records(client, parent) -> list[dict[str, Any]]:
         if m.get("diverged"):
             continue
         out.append({"model": tags["cell.model"], "aggregation": tags["cell.aggregation"],
-                    "alpha": float(tags["cell.alpha"]), "cell": tags.get("cell.name", ""),
+                    "alpha": float(tags["cell.alpha"]), "cell_name": tags.get("cell.name", ""),
                     "seed": int(float(run.data.params.get("seed", "0"))), "run_id": run.info.run_id,
                     "metrics": m, "cell": {k[5:]: v for k, v in tags.items() if k.startswith("cell.")}})
     if not out:

@@ -38,7 +38,7 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-def _curves_plot(client, records, groups: dict[str, list[dict]], panels, key: str, ylabel: str, title: str,
+def _curves_plot(client, groups: dict[str, list[dict]], panels, key: str, ylabel: str, title: str,
                  methods: tuple[str, ...], path: Path, scale: float = 100.0) -> None:
     """One panel per panel key, one line per method: the mean over seeds of `key` at every round."""
     import matplotlib.pyplot as plt
@@ -106,10 +106,10 @@ def rank_collapse_report(client, parent, records, out: Path) -> tuple[str, list[
     files = [out / "table.csv", out / "energy_outside_shared.png", out / "worst_client_over_rounds.png"]
     _write_csv(files[0], ["alpha", "rank_profile", "method", "seeds"], rows,
                ["mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank"])
-    _curves_plot(client, records, groups, panels, "energy_outside_shared", "1 - rho_rmin (%)",
+    _curves_plot(client, groups, panels, "energy_outside_shared", "1 - rho_rmin (%)",
                  "energy of the global update outside the shared rank (mean over seeds)",
                  RANK_COLLAPSE_METHODS, files[1])
-    _curves_plot(client, records, groups, panels, "worst_client_acc", "worst-client acc (%)",
+    _curves_plot(client, groups, panels, "worst_client_acc", "worst-client acc (%)",
                  "worst-client accuracy over rounds (mean over seeds)", RANK_COLLAPSE_METHODS, files[2])
     return text, files
 
@@ -169,7 +169,7 @@ def lora_fair_report(client, parent, records, out: Path) -> tuple[str, list[Path
     files = [out / "table.csv", out / "accuracy_over_rounds.png"]
     _write_csv(files[0], ["setting", "method", "seeds"], rows,
                [f"domain_acc/{d}" for d in domains] + ["avg", "worst_client_acc"], extra=["paper"])
-    _curves_plot(client, records, groups, panels, "domain_avg_acc" if domains else "global_acc", "accuracy (%)",
+    _curves_plot(client, groups, panels, "domain_avg_acc" if domains else "global_acc", "accuracy (%)",
                  "test accuracy over rounds (mean over seeds)", LORA_FAIR_METHODS, files[1])
     return text, files
 
