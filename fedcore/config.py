@@ -55,8 +55,13 @@ class DataConfig(_Strict):
 class PartitionConfig(_Strict):
     # domain: client k holds domain k mod D only (feature non-IID); domain_dirichlet: and Dirichlet
     # label skew with `alpha` inside each domain. Both need a source with domains.
-    kind: Literal["iid", "dirichlet", "domain", "domain_dirichlet"] = "dirichlet"
+    # pooled: FedPuReL's hierarchical partition of the training pool and test set pooled
+    # (fedcore/data/partition.py: coarse label ~ Dir(alpha), class ~ Dir(fine_alpha)); each client's
+    # test samples are its local test split (eval.protocol 'pooled_local')
+    kind: Literal["iid", "dirichlet", "domain", "domain_dirichlet", "pooled"] = "dirichlet"
     alpha: float = 0.5
+    fine_alpha: float = Field(10.0, gt=0)  # pooled: concentration over the classes of a coarse label
+    coarse: list[int] | None = None  # pooled: coarse label of each class (None: each class its own)
     num_clients: int = Field(10, ge=1)
     # Held-out fraction of each client's partition for the `local_split` protocol.
     local_test_fraction: float = Field(0.2, ge=0, lt=1)
@@ -120,6 +125,12 @@ class ModelConfig(_Strict):
     tuning: Literal["lora", "full", "head"] | None = None
     # pretrained weights (where the model has them) or random initialisation
     init: Literal["pretrained", "random"] = "pretrained"
+    # linear: a trained classification head. zero_shot: the encoder's own zero-shot head, scale *
+    # cos(E(x), E(prompt of class c)) with the prompt embeddings fixed (fedcore/models/zero_shot.py),
+    # so that the untrained model is the zero-shot model (FedPuReL's balanced prior)
+    head: Literal["linear", "zero_shot"] = "linear"
+    prompt: str | None = None  # zero_shot: the class prompt template (None: "This text is about {}.")
+    logit_scale: float = Field(100.0, gt=0)  # zero_shot: CLIP's exp(logit_scale)
     lora: LoraConfig = LoraConfig()
     # TextCNN (Kim 2014; defaults give the paper's ~2.7M parameters with a 20k vocabulary)
     embed_dim: int = Field(128, ge=1)
@@ -136,10 +147,20 @@ class ModelConfig(_Strict):
         check_model_name(v)
         return v
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_slot(cls, v: str | None) -> str | None:
+        if v is not None and v.count("{}") != 1:
+            raise ValueError(f"must hold exactly one '{{}}' for the class name, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _tuning_fits_model(self) -> "ModelConfig":
         from fedcore.models import is_transformer
 
+        if self.head == "zero_shot" and not is_transformer(self.name):
+            raise ValueError(f"model.head: 'zero_shot' needs a pretrained encoder with prompts, but {self.name!r} "
+                             f"is trained from scratch; allowed for {self.name!r}: 'linear'")
         if self.tuning is None:
             object.__setattr__(self, "tuning", "lora" if is_transformer(self.name) else "full")
         elif self.tuning != "full" and not is_transformer(self.name):
@@ -190,7 +211,8 @@ class MethodConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    protocol: Literal["local_split", "class_filtered"] = "local_split"
+    # pooled_local: the test samples a `pooled` partition gave each client
+    protocol: Literal["local_split", "class_filtered", "pooled_local"] = "local_split"
     every: int = Field(1, ge=1)  # evaluate every N rounds (and always at the last round)
     max_samples_per_client: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -238,6 +260,13 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
+        pooled_kind, pooled_protocol = self.partition.kind == "pooled", self.eval.protocol == "pooled_local"
+        if pooled_kind and not pooled_protocol and "protocol" not in self.eval.model_fields_set:
+            # the partition's own test splits (a copy: the default EvalConfig instance is shared)
+            object.__setattr__(self, "eval", self.eval.model_copy(update={"protocol": "pooled_local"}))
+        elif pooled_kind != pooled_protocol:
+            raise ValueError(f"eval.protocol: {self.eval.protocol!r} with partition.kind {self.partition.kind!r}; "
+                             f"allowed: 'pooled_local' exactly when partition.kind is 'pooled'")
         if self.eval.protocol == "local_split" and self.partition.local_test_fraction == 0:
             raise ValueError(
                 "partition.local_test_fraction: 0 leaves every client without a test split under "
@@ -265,7 +294,11 @@ class RunConfig(_Strict):
         from fedcore.methods import METHODS
 
         if getattr(METHODS[self.method.name], "needs_teacher", False) and self.teacher is None:
-            object.__setattr__(self, "teacher", TeacherConfig())
+            # a zero-shot-head model's teacher is its own frozen prior, read the same way
+            mirror = self.model.head == "zero_shot"
+            tcfg = TeacherConfig(name=self.model.name, template=self.model.prompt or TeacherConfig().template,
+                                 scale=self.model.logit_scale, max_len=self.data.max_len) if mirror else TeacherConfig()
+            object.__setattr__(self, "teacher", tcfg)
         if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
             raise ValueError(
                 f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "

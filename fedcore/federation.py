@@ -20,8 +20,11 @@ from fedcore.data import FederatedData, load_federated, take
 from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
 from fedcore.local import DivergedError, make_optimizer
 from fedcore.methods import get_method
-from fedcore.metrics import (CLASS_KEYS, CLIENT_KEYS, class_summary, client_accuracies, client_summary,
-                             domain_summary, lora_round_metrics)
+from fedcore.alignment import tkl
+from fedcore.methods.base import client_state
+from fedcore.metrics import (CLASS_KEYS, CLIENT_KEYS, GLOBAL_CLIENT_KEYS, LOCAL_KEYS, TEACHER_KEYS, class_summary,
+                             client_accuracies, client_summary, domain_summary, local_class_summary,
+                             lora_round_metrics, teacher_summary)
 from fedcore.models import build_model, count_params, is_transformer
 from fedcore.ranks import client_ranks
 
@@ -35,20 +38,22 @@ class Federation:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.data = data if data is not None else load_federated(cfg)
+        self.method = get_method(cfg.method.name, cfg.method.params)
+        self.method.seed = cfg.seed
         torch.manual_seed(derive_seed(cfg.seed, 0, 0, 2))  # model initialisation
-        self.model = build_model(cfg.model, self.data.num_classes, self.data.vocab_size,
-                                 self.data.in_features).to(cfg.device)
+        self.model = self.method.build_model(lambda: build_model(
+            cfg.model, self.data.num_classes, self.data.vocab_size, self.data.in_features,
+            self.data.class_names)).to(cfg.device)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         # torch's first optimizer imports torch._dynamo (~2 s once per process): pay it here, not
         # in round 1's timing
         make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])
-        self.method = get_method(cfg.method.name, cfg.method.params)
-        self.method.seed = cfg.seed
         self.lora = cfg.model.tuning == "lora" and is_transformer(cfg.model.name)
         if self.lora:
             self.method.lora_alpha = cfg.model.lora.alpha
         self.executor = SequentialExecutor()
         self.global_state = snapshot(self.params)
+        self.initial_state = self.global_state  # what a client-held copy starts from (never changed in place)
         self.server_state = self.method.init_server_state(self.global_state)
         if self.lora:  # each client's rank (zero beyond it in the r_max model); methods may lower them
             ranks = client_ranks(cfg.model.lora, cfg.partition.num_clients, cfg.seed)
@@ -64,13 +69,15 @@ class Federation:
 
     def nan_eval_metrics(self) -> dict[str, float]:
         """The evaluation keys, all NaN: what rounds before the first evaluation report."""
-        keys = [*CLASS_KEYS, *CLIENT_KEYS, "balanced_acc", "clients_without_test", "num_eval_clients"]
+        keys = [*CLASS_KEYS, *CLIENT_KEYS, *LOCAL_KEYS, "balanced_acc", "clients_without_test", "num_eval_clients"]
         keys += [f"class_acc/{c}" for c in range(self.data.num_classes)]
         keys += [f"client_acc/{k}" for k in self.data.client_ids]
         if self.data.domain_names:
             keys += ["domain_avg_acc", *(f"domain_acc/{n}" for n in self.data.domain_names)]
         if "teacher_logits" in self.data.test_inputs:
-            keys += ["teacher_acc", "teacher_balancedness"]
+            keys += [*TEACHER_KEYS, "tkl_to_zero_shot"]
+        if self.method.personalizes:
+            keys += GLOBAL_CLIENT_KEYS
         return dict.fromkeys(keys, math.nan)
 
     # --- one round ---------------------------------------------------------------------------
@@ -101,6 +108,8 @@ class Federation:
         prev_global, prev_ranks, prev_server = self.global_state, self.server_state.get("ranks"), self.server_state
         self.global_state, self.server_state, self.round = new_global, new_server, round_
         self._apply_frozen()
+        if self.method.personalizes:  # stage 2, on the just-aggregated global branch
+            self.server_state = {**self.server_state, **self.executor.personalize(self, cohort, round_)}
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
         losses = np.array([u.metrics["train_loss"] for u in updates])
         metrics: dict[str, float] = {"round": float(round_), "cohort_size": float(len(cohort)),
@@ -109,6 +118,8 @@ class Federation:
                                      "min_client_size": float(self._sizes.min()),
                                      "max_client_size": float(self._sizes.max())}
         metrics.update(method_metrics)
+        for key in (k for k in updates[0].metrics if k.startswith("metric/")):  # a method's client-side figures
+            metrics[key.split("/", 1)[1]] = float(np.average([u.metrics[key] for u in updates], weights=n))
         if self.lora:
             metrics.update(lora_round_metrics(self, updates, prev_global, prev_ranks, prev_server))
         t_train = time.perf_counter() - t0
@@ -125,46 +136,74 @@ class Federation:
 
     # --- evaluation --------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, inputs: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> np.ndarray:
-        """Predicted class of each row (all rows when `rows` is None), in the order given."""
+    def logits(self, inputs: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> torch.Tensor:
+        """The resident model's logits (eval mode, on the CPU) of each row (all rows when `rows` is
+        None), in the order given."""
         self.model.eval()
         n = len(next(iter(inputs.values()))) if rows is None else len(rows)
         rows_t = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
         order = torch.arange(n)
         if "lengths" in inputs and n:  # batch similar lengths together: less padding
             order = torch.argsort(inputs["lengths"][rows_t], stable=True)
-        out = torch.empty(n, dtype=torch.long)
+        out = None
         for start in range(0, n, self.cfg.eval.batch_size):
             sel = order[start:start + self.cfg.eval.batch_size]
             batch = {k: v.to(self.cfg.device) for k, v in take(inputs, rows_t[sel]).items()}
-            out[sel] = self.model(batch).argmax(-1).cpu()
-        return out.numpy()
+            z = self.model(batch).float().cpu()
+            if out is None:
+                out = torch.empty(n, z.shape[-1])
+            out[sel] = z
+        return out if out is not None else torch.zeros(0, self.data.num_classes)
+
+    def predict(self, inputs: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> np.ndarray:
+        """Predicted class of each row (all rows when `rows` is None), in the order given."""
+        return self.logits(inputs, rows).argmax(-1).numpy()
 
     def evaluate(self) -> dict[str, float]:
-        """Metrics of the global model for ALL clients and on the balanced global test set."""
+        """Metrics of the global model for ALL clients and on the balanced global test set (each
+        client's personalized model on its own test split, for a method that personalizes)."""
         load_state(self.params, self.global_state)
         d = self.data
-        test_pred = self.predict(d.test_inputs)
+        test_logits = self.logits(d.test_inputs)
+        test_pred = test_logits.argmax(-1).numpy()
         test_y = d.test_labels.numpy()
-        out = class_summary(test_pred, test_y, d.num_classes, self._train_counts,
-                            self.cfg.eval.many_min, self.cfg.eval.few_max)
-        if "teacher_logits" in d.test_inputs:  # the zero-shot baseline row, on the same test set
+        counts = self._train_counts
+        out = class_summary(test_pred, test_y, d.num_classes, counts, self.cfg.eval.many_min, self.cfg.eval.few_max)
+        inputs, labels = (d.test_inputs, test_y) if d.client_test_on == "test" else (d.train_inputs, d.train_labels.numpy())
+        rows = np.concatenate(d.client_test) if d.client_test else np.zeros(0, np.int64)
+        splits = np.cumsum([len(i) for i in d.client_test])[:-1]
+        global_pred = test_pred[rows] if d.client_test_on == "test" else self.predict(inputs, rows)
+        if "teacher_logits" in d.test_inputs:  # the zero-shot baseline row, on the same test sets
             t_pred = d.test_inputs["teacher_logits"].argmax(-1).numpy()
-            t = class_summary(t_pred, test_y, d.num_classes, self._train_counts)
-            out.update(teacher_acc=t["global_acc"], teacher_balancedness=t["balancedness"])
+            t = class_summary(t_pred, test_y, d.num_classes, counts, self.cfg.eval.many_min, self.cfg.eval.few_max)
+            t_local = inputs["teacher_logits"][rows].argmax(-1).numpy() == labels[rows]
+            out.update(teacher_summary(t, client_accuracies(np.split(t_local, splits))))
+            out["tkl_to_zero_shot"] = float(tkl(test_logits, d.test_inputs["teacher_logits"]).mean()) if len(test_y) else math.nan
         if d.domain_names and d.test_domains is not None:
             out.update(domain_summary(test_pred, test_y, d.test_domains, d.domain_names))
-        if d.client_test_on == "test":
-            correct = [(test_pred[i] == test_y[i]) for i in d.client_test]
-        else:
-            # one pass over the union of the clients' test rows, then split back per client
-            rows = np.concatenate(d.client_test) if d.client_test else np.zeros(0, np.int64)
-            hit = self.predict(d.train_inputs, rows) == d.train_labels.numpy()[rows]
-            correct = np.split(hit, np.cumsum([len(i) for i in d.client_test])[:-1])
-        acc = client_accuracies(correct)
+        pred = global_pred
+        if self.method.personalizes:
+            gm = client_summary(client_accuracies(np.split(global_pred == labels[rows], splits)))
+            out.update({f"gm_{k}": gm[k] for k in ("mean_client_acc", "worst_client_acc")})
+            pred = self.personal_predictions(inputs, d.client_test)
+        hit = pred == labels[rows]
+        acc = client_accuracies(np.split(hit, splits))
         out.update(client_summary(acc))
         out.update({f"client_acc/{k}": float(a) for k, a in zip(d.client_ids, acc)})
+        out.update(local_class_summary(pred, labels[rows], d.num_classes, counts, self.cfg.eval.many_min,
+                                       self.cfg.eval.few_max))
         return out
+
+    def personal_predictions(self, inputs: dict[str, torch.Tensor], client_rows: list[np.ndarray]) -> np.ndarray:
+        """Each client's personalized prediction (global + private branch) on its rows, concatenated."""
+        names = [n for n, _ in self.params]
+        global_logits = [self.logits(inputs, r) for r in client_rows]
+        preds = []
+        for k, (r, lg) in enumerate(zip(client_rows, global_logits)):
+            load_state(self.params, client_state(self.server_state, k, names, self.initial_state))
+            preds.append(self.method.personal_logits(lg, self.logits(inputs, r)).argmax(-1).numpy())
+        load_state(self.params, self.global_state)
+        return np.concatenate(preds) if preds else np.zeros(0, np.int64)
 
     @property
     def client_acc(self) -> np.ndarray:

@@ -26,6 +26,13 @@ import torch
 CLIENT_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "spread", "client_acc_std",
                "bottom10_client_acc", "best_client_acc")
 CLASS_KEYS = ("global_acc", "balancedness", "balance_ratio", "many_acc", "medium_acc", "few_acc")
+# class accuracy over all clients' test splits pooled (each client's prediction by the evaluated model)
+LOCAL_KEYS = ("local_balancedness", "local_many_acc", "local_medium_acc", "local_few_acc")
+# the zero-shot baseline row: the teacher on the global test set and on the clients' test splits
+TEACHER_KEYS = ("teacher_acc", "teacher_balancedness", "teacher_many_acc", "teacher_medium_acc", "teacher_few_acc",
+                "teacher_mean_client_acc", "teacher_worst_client_acc")
+# a personalizing method: the global model alone on the clients' test splits
+GLOBAL_CLIENT_KEYS = ("gm_mean_client_acc", "gm_worst_client_acc")
 
 
 def client_accuracies(correct_per_client: list[np.ndarray]) -> np.ndarray:
@@ -75,6 +82,23 @@ def class_summary(preds: np.ndarray, labels: np.ndarray, num_classes: int, train
     for c in range(num_classes):
         out[f"class_acc/{c}"] = float(acc[c])
     return out
+
+
+def local_class_summary(preds: np.ndarray, labels: np.ndarray, num_classes: int, train_counts: np.ndarray,
+                        many_min: int = 100, few_max: int = 20) -> dict[str, float]:
+    """LOCAL_KEYS from the clients' test predictions pooled (classes absent from them are left out)."""
+    s = class_summary(preds, labels, num_classes, train_counts, many_min, few_max)
+    return {"local_balancedness": s["balancedness"], "local_many_acc": s["many_acc"],
+            "local_medium_acc": s["medium_acc"], "local_few_acc": s["few_acc"]}
+
+
+def teacher_summary(test: dict[str, float], client_acc: np.ndarray) -> dict[str, float]:
+    """TEACHER_KEYS from the teacher's class_summary on the test set and its per-client accuracies."""
+    c = client_summary(client_acc)
+    return {"teacher_acc": test["global_acc"], "teacher_balancedness": test["balancedness"],
+            "teacher_many_acc": test["many_acc"], "teacher_medium_acc": test["medium_acc"],
+            "teacher_few_acc": test["few_acc"], "teacher_mean_client_acc": c["mean_client_acc"],
+            "teacher_worst_client_acc": c["worst_client_acc"]}
 
 
 def domain_summary(preds: np.ndarray, labels: np.ndarray, domains: np.ndarray, names: list[str]) -> dict[str, float]:

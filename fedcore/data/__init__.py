@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedcore.data.partition import (Partition, cap_per_client, class_filtered, local_split, partition,
-                                    stratified_subsample)
+from fedcore.data.partition import (Partition, PartitionError, cap_per_client, class_filtered, local_split,
+                                    partition, pooled_hierarchical, stratified_subsample)
 from fedcore.data.sources import DataSourceError, RawDataset, Split, load_source, load_test_split
 from fedcore.data.tokenize import build_vocab, cache_dir, cached, content_hash, encode_hf, encode_words
 
@@ -129,10 +129,16 @@ def _tensorize(cfg, ds: RawDataset) -> tuple[dict, dict, int | None, int | None]
 
 def load_federated(cfg) -> FederatedData:
     ds = _pool_and_test(cfg)
-    part: Partition = partition(ds.train.labels, cfg.partition.kind, cfg.partition.num_clients,
-                                cfg.partition.alpha, cfg.partition_seed, cfg.partition.empty_clients,
-                                ds.train.domains)
-    if cfg.eval.protocol == "local_split":
+    if cfg.partition.kind == "pooled":  # its own local test splits (eval.protocol pooled_local)
+        part, test_idx = pooled_partition(ds.train.labels, ds.test.labels, cfg.partition, cfg.partition_seed)
+        train_idx, test_on = part.clients, "test"
+        test_idx = cap_per_client(test_idx, cfg.eval.max_samples_per_client, cfg.partition_seed)
+    else:
+        part = partition(ds.train.labels, cfg.partition.kind, cfg.partition.num_clients, cfg.partition.alpha,
+                         cfg.partition_seed, cfg.partition.empty_clients, ds.train.domains)
+    if cfg.eval.protocol == "pooled_local":
+        pass
+    elif cfg.eval.protocol == "local_split":
         train_idx, test_idx = local_split(part.clients, cfg.partition.local_test_fraction, cfg.partition_seed)
         test_idx = cap_per_client(test_idx, cfg.eval.max_samples_per_client, cfg.partition_seed)
         test_on = "pool"
@@ -158,6 +164,19 @@ def load_federated(cfg) -> FederatedData:
         vocab_size=vocab_size, in_features=in_features, synthetic=ds.synthetic, notes=list(ds.notes),
         domain_names=ds.domain_names, train_domains=ds.train.domains, test_domains=ds.test.domains,
     )
+
+
+def pooled_partition(train_labels: np.ndarray, test_labels: np.ndarray, pcfg, seed: int) -> tuple[Partition, list]:
+    """The `pooled` partition as a Partition of the training pool, plus each kept client's test rows;
+    a client that drew no training sample is dropped (or refused, as for the other kinds)."""
+    train, test = pooled_hierarchical(train_labels, test_labels, pcfg.num_clients, pcfg.alpha, seed,
+                                      pcfg.fine_alpha, pcfg.coarse)
+    dropped = [k for k, t in enumerate(train) if len(t) == 0]
+    if dropped and pcfg.empty_clients == "error":
+        raise PartitionError(f"partition: clients {dropped} received no training sample (alpha={pcfg.alpha}, "
+                             f"seed={seed}); set partition.empty_clients='drop' to run with the others")
+    keep = [k for k in range(len(train)) if len(train[k])]
+    return Partition([train[k] for k in keep], keep, dropped), [test[k] for k in keep]
 
 
 def take(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:

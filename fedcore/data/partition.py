@@ -70,6 +70,58 @@ def by_domain(labels: np.ndarray, domains: np.ndarray, num_clients: int, seed: i
     return parts
 
 
+def _draw(rng: np.random.Generator, weights: list[float]) -> int:
+    """An index drawn by the renormalised weights (uniformly if they all underflowed to 0)."""
+    w = np.asarray(weights, dtype=np.float64)
+    return int(rng.choice(len(w), p=w / w.sum() if w.sum() > 0 else None))
+
+
+def pooled_hierarchical(train_labels: np.ndarray, test_labels: np.ndarray, num_clients: int, beta: float,
+                        seed: int, fine_alpha: float = 10.0,
+                        coarse: list[int] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """FedPuReL's partition (METHODS.md 3.3, PromptFolio / FedOTP style): the training pool and the
+    test set are pooled, and each client draws floor(N_pool / K) samples without replacement: a
+    coarse label from its weights ~ Dir(beta), a class of that coarse label from its weights
+    ~ Dir(fine_alpha), then a random remaining sample of the class. An exhausted class (and then an
+    exhausted coarse label) drops out and the weights are renormalised over the rest. A client's
+    samples from the training pool are its training set, those from the test set its local test
+    split, so both follow the client's own label distribution. `coarse[c]` is class c's coarse
+    label (CIFAR-100's 20 superclasses); None makes every class its own coarse label, and beta
+    then is a Dirichlet over classes. Returns (train indices, test indices) per client."""
+    labels = np.concatenate([train_labels, test_labels])
+    n_train, num_classes = len(train_labels), int(labels.max()) + 1
+    coarse_of = np.arange(num_classes) if coarse is None else np.asarray(coarse)
+    if len(coarse_of) != num_classes:
+        raise PartitionError(f"partition.coarse: {len(coarse_of)} coarse labels for {num_classes} classes; "
+                             f"allowed: one per class")
+    rng = np.random.default_rng([seed, 0x9001])
+    remaining = [list(rng.permutation(np.where(labels == c)[0])) for c in range(num_classes)]
+    groups = {g: [c for c in range(num_classes) if coarse_of[c] == g] for g in np.unique(coarse_of).tolist()}
+    per_client = len(labels) // num_clients
+    train, test = [], []
+    for _ in range(num_clients):
+        groups = {g: cs for g, cs in groups.items() if cs}
+        coarse_w = dict(zip(groups, rng.dirichlet(np.repeat(beta, len(groups)))))
+        fine_w = {g: dict(zip(cs, rng.dirichlet(np.repeat(fine_alpha, len(cs))))) for g, cs in groups.items()}
+        picked = []
+        for _ in range(per_client):
+            live = [g for g in coarse_w if fine_w[g]]
+            if not live:
+                break
+            g = live[_draw(rng, [coarse_w[g] for g in live])]
+            cs = list(fine_w[g])
+            c = cs[_draw(rng, [fine_w[g][c] for c in cs])]
+            picked.append(remaining[c].pop())
+            if not remaining[c]:  # exhausted: renormalised away (here and for later clients)
+                for weights in fine_w.values():
+                    weights.pop(c, None)
+                groups[g] = [x for x in groups[g] if x != c]
+        picked = np.sort(np.array(picked, dtype=np.int64))
+        train.append(picked[picked < n_train])
+        test.append(picked[picked >= n_train] - n_train)
+    return train, test
+
+
 def partition(labels: np.ndarray, kind: str, num_clients: int, alpha: float, seed: int,
               empty_clients: str = "drop", domains: np.ndarray | None = None) -> Partition:
     if kind.startswith("domain") and domains is None:

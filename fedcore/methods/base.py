@@ -41,8 +41,10 @@ class LocalContext:
     scratch: dict[str, Any] = field(default_factory=dict)
     rank: int | None = None  # the client's LoRA rank; a method may lower it (HetLoRA's pruning)
     server: State = field(default_factory=dict)  # the server state of this round (read only)
-    report: dict[str, float] = field(default_factory=dict)  # sent to the server in ClientUpdate.metrics
+    # sent to the server in ClientUpdate.metrics; "metric/<name>" keys are reported (cohort mean, n_k weights)
+    report: dict[str, float] = field(default_factory=dict)
     batch: dict[str, torch.Tensor] = field(default_factory=dict)  # the current batch's inputs
+    model: torch.nn.Module | None = None  # the resident model (FML reads its private half)
 
 
 class Method:
@@ -51,6 +53,9 @@ class Method:
     requires_lora: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False  # the data carries a zero-shot teacher's logits ("teacher_logits")
     Params: ClassVar[type[BaseModel]] = NoParams
+    # a second, private set of the trainable tensors per client, trained after aggregation on top of
+    # the frozen global model and evaluated as global + private logits (FedPuReL's stage 2)
+    personalizes: ClassVar[bool] = False
     lora_alpha: float | None = None  # set by the engine for LoRA models: s_k = lora_alpha / r_k
     seed: int = 0  # the run's seed (set by the engine), for server-side randomness
 
@@ -99,6 +104,32 @@ class Method:
 
     def on_local_end(self, ctx: LocalContext) -> None:
         """After the client's last step, before its state is sent (e.g. lower ctx.rank)."""
+
+    # --- the model and personalization ---------------------------------------------------------
+    def build_model(self, make):
+        """The resident model, from `make()` (which builds one from the config). FML builds two."""
+        return make()
+
+    def personal_loss(self, global_logits: torch.Tensor, private_logits: torch.Tensor,
+                      labels: torch.Tensor) -> torch.Tensor:
+        """The private branch's loss (only for methods that personalize)."""
+        raise NotImplementedError
+
+    def personal_logits(self, global_logits: torch.Tensor, private_logits: torch.Tensor) -> torch.Tensor:
+        """The personalized model's prediction from its two branches (default: the logit sum)."""
+        return global_logits + private_logits
+
+
+# Client-held state (FML's private model, FedPuReL's private branch) rides in the server-state dict
+# under these keys, so that it is checkpointed with the rest; it is never aggregated or sent to
+# another client.
+def client_key(client: int, name: str) -> str:
+    return f"client/{client}/{name}"
+
+
+def client_state(server_state: State, client: int, names, default: State) -> State:
+    """Client `client`'s held tensors (its initial values `default` until it has trained)."""
+    return {n: server_state.get(client_key(client, n), default[n]) for n in names}
 
 
 def size_weights(updates: list[ClientUpdate]) -> torch.Tensor:

@@ -36,7 +36,14 @@ def input_kind(name: str) -> str:
     return "features" if name == "mlp" else "image" if is_vision(name) else "text"
 
 
-def build_model(mcfg, num_classes: int, vocab_size: int | None = None, in_features: int | None = None) -> nn.Module:
+def build_model(mcfg, num_classes: int, vocab_size: int | None = None, in_features: int | None = None,
+                class_names: list[str] | None = None) -> nn.Module:
+    if mcfg.head == "zero_shot":
+        if class_names is None or len(class_names) != num_classes:
+            raise ValueError("model.head 'zero_shot' needs the class names of the data")
+        from fedcore.models.zero_shot import build_zero_shot_text
+
+        return build_zero_shot_text(mcfg, class_names, max_len=64)
     if mcfg.name == "textcnn":
         return TextCNN(vocab_size, num_classes, mcfg.embed_dim, mcfg.num_filters,
                        tuple(mcfg.kernel_sizes), mcfg.dropout)

@@ -11,25 +11,56 @@ frozen teacher of Fed-LPFM and as the zero-shot baseline row of the studies.
 """
 from __future__ import annotations
 
+import re
+
 import torch
+from torch import nn
 
 DEFAULT_TEMPLATE = "This text is about {}."
 # prompt names that say what a terse label means (the label itself when absent)
 PROMPT_NAMES = {"Sci/Tech": "science and technology", "World": "world news and politics"}
 
 
+def prompt_name(label: str) -> str:
+    """A class name as words: the table above, else underscores and CamelCase split (OfficeHolder ->
+    office holder)."""
+    if label in PROMPT_NAMES:
+        return PROMPT_NAMES[label]
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", label.replace("_", " "))
+    return words if words == label else words.lower()
+
+
+def load_encoder(name: str) -> nn.Module:
+    """The bare text encoder (no head) of `name`, in eval mode. Tiny configs are seeded on their own,
+    so that a teacher and a student built from the same name share the same frozen weights."""
+    from transformers import AutoModel, CONFIG_MAPPING
+
+    from fedcore.models.hf_text import TINY, _from_hub, _quiet_transformers, hub_id, minilm_path
+
+    _quiet_transformers()
+    if name in TINY:
+        spec = dict(TINY[name])
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return AutoModel.from_config(CONFIG_MAPPING[spec.pop("model_type")](vocab_size=30522, **spec)).eval()
+    src = minilm_path() if name == "minilm-l6" else hub_id(name)
+    return _from_hub(AutoModel.from_pretrained, name, src, local_files_only=name == "minilm-l6").eval()
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the unmasked tokens, L2-normalised (sentence-transformers' pooling for MiniLM)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+
 class TextZeroShot:
     def __init__(self, encoder: str = "minilm-l6", template: str = DEFAULT_TEMPLATE, scale: float = 100.0,
                  max_len: int = 64, batch_size: int = 128):
-        from transformers import AutoModel
+        from fedcore.models.hf_text import load_tokenizer
 
-        from fedcore.models.hf_text import _quiet_transformers, load_tokenizer, minilm_path, hub_id
-
-        _quiet_transformers()
         self.name, self.template, self.scale, self.max_len, self.batch_size = encoder, template, scale, max_len, batch_size
         self.tokenizer = load_tokenizer(encoder)
-        src = minilm_path() if encoder == "minilm-l6" else hub_id(encoder)
-        self.model = AutoModel.from_pretrained(src, local_files_only=encoder == "minilm-l6").eval()
+        self.model = load_encoder(encoder)
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
@@ -38,15 +69,52 @@ class TextZeroShot:
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_len,
                                  padding=True, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+            out.append(mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"]))
         return torch.cat(out) if out else torch.zeros(0, self.model.config.hidden_size)
 
     def prompts(self, class_names: list[str]) -> list[str]:
-        return [self.template.format(PROMPT_NAMES.get(c, c).replace("_", " ")) for c in class_names]
+        return [self.template.format(prompt_name(c)) for c in class_names]
+
+    def class_embeddings(self, class_names: list[str]) -> torch.Tensor:
+        return self.embed(self.prompts(class_names))
 
     def logits(self, texts: list[str], class_names: list[str]) -> torch.Tensor:
-        classes = self.embed(self.prompts(class_names))
-        return self.scale * self.embed(texts) @ classes.T
+        return self.scale * self.embed(texts) @ self.class_embeddings(class_names).T
+
+
+class ZeroShotTextClassifier(nn.Module):
+    """A text encoder whose head is its own zero-shot head: logits = scale * cos(E(x), E(prompt_c)),
+    the prompt embeddings computed once by the frozen encoder and kept fixed (as CLIP-LoRA keeps the
+    text tower). With LoRA at initialisation (B = 0) it IS the zero-shot model, so fine-tuning starts
+    from the prior, which is what FedPuReL's balancedness argument is about."""
+
+    def __init__(self, encoder: nn.Module, class_embeddings: torch.Tensor, scale: float):
+        super().__init__()
+        self.encoder, self.scale = encoder, scale
+        self.register_buffer("class_embeddings", class_embeddings.clone())
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.scale * mean_pool(hidden, batch["attention_mask"]) @ self.class_embeddings.T
+
+
+def build_zero_shot_text(mcfg, class_names: list[str], max_len: int) -> ZeroShotTextClassifier:
+    from fedcore.models.hf_text import checked_rank, lora_targets
+
+    if mcfg.tuning == "head":
+        raise ValueError("model.tuning: 'head' has nothing to train with model.head 'zero_shot' (its head is the "
+                         "fixed prompt embeddings); allowed: 'lora' or 'full'")
+    head = TextZeroShot(mcfg.name, mcfg.prompt or DEFAULT_TEMPLATE, mcfg.logit_scale, max_len)
+    classes = head.class_embeddings(class_names)
+    encoder = head.model
+    if mcfg.tuning == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        targets = lora_targets(encoder.config.model_type, mcfg.lora.target_modules)
+        rank = checked_rank(encoder, targets, mcfg)
+        encoder = get_peft_model(encoder, LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=rank,
+                                                     lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
+                                                     target_modules=targets))
+    else:
+        encoder.requires_grad_(True)
+    return ZeroShotTextClassifier(encoder, classes, mcfg.logit_scale)
