@@ -129,7 +129,8 @@ class ModelConfig(_Strict):
     # cos(E(x), E(prompt of class c)) with the prompt embeddings fixed (fedcore/models/zero_shot.py),
     # so that the untrained model is the zero-shot model (FedPuReL's balanced prior)
     head: Literal["linear", "zero_shot"] = "linear"
-    prompt: str | None = None  # zero_shot: the class prompt template (None: "This text is about {}.")
+    # zero_shot: the class prompt template (None: "This text is about {}."; "a photo of a {}." for CLIP)
+    prompt: str | None = None
     logit_scale: float = Field(100.0, gt=0)  # zero_shot: CLIP's exp(logit_scale)
     lora: LoraConfig = LoraConfig()
     # TextCNN (Kim 2014; defaults give the paper's ~2.7M parameters with a 20k vocabulary)
@@ -158,11 +159,21 @@ class ModelConfig(_Strict):
     def _tuning_fits_model(self) -> "ModelConfig":
         from fedcore.models import is_transformer
 
+        from fedcore.models import is_clip
+
+        if is_clip(self.name):  # a CLIP classifier is its zero-shot head (the text tower's prompt embeddings)
+            if "head" in self.model_fields_set and self.head != "zero_shot":
+                raise ValueError(f"model.head: {self.head!r} for {self.name!r}; allowed: 'zero_shot' (CLIP classifies "
+                                 f"by its class prompt embeddings)")
+            object.__setattr__(self, "head", "zero_shot")
         if self.head == "zero_shot" and not is_transformer(self.name):
             raise ValueError(f"model.head: 'zero_shot' needs a pretrained encoder with prompts, but {self.name!r} "
                              f"is trained from scratch; allowed for {self.name!r}: 'linear'")
         if self.tuning is None:
             object.__setattr__(self, "tuning", "lora" if is_transformer(self.name) else "full")
+        elif self.tuning == "head" and self.head == "zero_shot":
+            raise ValueError(f"model.tuning: 'head' has nothing to train with model.head 'zero_shot' (the head is the "
+                             f"fixed class prompt embeddings); allowed: 'lora' or 'full'")
         elif self.tuning != "full" and not is_transformer(self.name):
             raise ValueError(
                 f"model.tuning: {self.tuning!r} needs a transformer encoder, but {self.name!r} "
@@ -174,15 +185,15 @@ class ModelConfig(_Strict):
 class TeacherConfig(_Strict):
     """A frozen zero-shot foundation model (fedcore/models/zero_shot.py): the teacher of distillation
     methods, and the zero-shot baseline row (teacher_acc) of every run that names one."""
-    name: str = "minilm-l6"
-    template: str = "This text is about {}."
+    name: str = "minilm-l6"  # a text encoder (minilm-l6, tiny-bert, a hub id) or CLIP (tiny-clip, clip:<arch>/<tag>)
+    template: str | None = None  # None: "This text is about {}." for text, "a photo of a {}." for CLIP
     scale: float = Field(100.0, gt=0)  # logit scale on the cosine similarities (CLIP's exp(logit_scale))
-    max_len: int = Field(64, ge=4, le=4096)
+    max_len: int = Field(64, ge=4, le=4096)  # text teachers: tokens per text
 
     @field_validator("template")
     @classmethod
-    def _one_slot(cls, v: str) -> str:
-        if v.count("{}") != 1:
+    def _one_slot(cls, v: str | None) -> str | None:
+        if v is not None and v.count("{}") != 1:
             raise ValueError(f"must hold exactly one '{{}}' for the class name, got {v!r}")
         return v
 
@@ -293,12 +304,14 @@ class RunConfig(_Strict):
                                  f"allowed: one rank per client")
         from fedcore.methods import METHODS
 
-        if getattr(METHODS[self.method.name], "needs_teacher", False) and self.teacher is None:
-            # a zero-shot-head model's teacher is its own frozen prior, read the same way
-            mirror = self.model.head == "zero_shot"
-            tcfg = TeacherConfig(name=self.model.name, template=self.model.prompt or TeacherConfig().template,
-                                 scale=self.model.logit_scale, max_len=self.data.max_len) if mirror else TeacherConfig()
-            object.__setattr__(self, "teacher", tcfg)
+        if self.teacher is None and self.model.head == "zero_shot":
+            # the model's own frozen prior, read the same way: the teacher of FedPuReL's alignment, and
+            # the zero-shot row of any run that fine-tunes from it
+            object.__setattr__(self, "teacher", TeacherConfig(
+                name=self.model.name, template=self.model.prompt, scale=self.model.logit_scale,
+                max_len=self.data.max_len))
+        elif self.teacher is None and METHODS[self.method.name].needs_teacher:
+            object.__setattr__(self, "teacher", TeacherConfig())
         if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
             raise ValueError(
                 f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "

@@ -176,8 +176,10 @@ class Federation:
         if "teacher_logits" in d.test_inputs:  # the zero-shot baseline row, on the same test sets
             t_pred = d.test_inputs["teacher_logits"].argmax(-1).numpy()
             t = class_summary(t_pred, test_y, d.num_classes, counts, self.cfg.eval.many_min, self.cfg.eval.few_max)
-            t_local = inputs["teacher_logits"][rows].argmax(-1).numpy() == labels[rows]
-            out.update(teacher_summary(t, client_accuracies(np.split(t_local, splits))))
+            t_local = inputs["teacher_logits"][rows].argmax(-1).numpy()
+            out.update(teacher_summary(t, client_accuracies(np.split(t_local == labels[rows], splits)),
+                                       local_class_summary(t_local, labels[rows], d.num_classes, counts,
+                                                           self.cfg.eval.many_min, self.cfg.eval.few_max)))
             out["tkl_to_zero_shot"] = float(tkl(test_logits, d.test_inputs["teacher_logits"]).mean()) if len(test_y) else math.nan
         if d.domain_names and d.test_domains is not None:
             out.update(domain_summary(test_pred, test_y, d.test_domains, d.domain_names))

@@ -30,7 +30,7 @@ CLASS_KEYS = ("global_acc", "balancedness", "balance_ratio", "many_acc", "medium
 LOCAL_KEYS = ("local_balancedness", "local_many_acc", "local_medium_acc", "local_few_acc")
 # the zero-shot baseline row: the teacher on the global test set and on the clients' test splits
 TEACHER_KEYS = ("teacher_acc", "teacher_balancedness", "teacher_many_acc", "teacher_medium_acc", "teacher_few_acc",
-                "teacher_mean_client_acc", "teacher_worst_client_acc")
+                "teacher_mean_client_acc", "teacher_worst_client_acc", *(f"teacher_{k}" for k in LOCAL_KEYS))
 # a personalizing method: the global model alone on the clients' test splits
 GLOBAL_CLIENT_KEYS = ("gm_mean_client_acc", "gm_worst_client_acc")
 
@@ -92,13 +92,14 @@ def local_class_summary(preds: np.ndarray, labels: np.ndarray, num_classes: int,
             "local_medium_acc": s["medium_acc"], "local_few_acc": s["few_acc"]}
 
 
-def teacher_summary(test: dict[str, float], client_acc: np.ndarray) -> dict[str, float]:
-    """TEACHER_KEYS from the teacher's class_summary on the test set and its per-client accuracies."""
+def teacher_summary(test: dict[str, float], client_acc: np.ndarray, local: dict[str, float]) -> dict[str, float]:
+    """TEACHER_KEYS from the teacher's class_summary on the test set, its per-client accuracies and its
+    local_class_summary."""
     c = client_summary(client_acc)
     return {"teacher_acc": test["global_acc"], "teacher_balancedness": test["balancedness"],
             "teacher_many_acc": test["many_acc"], "teacher_medium_acc": test["medium_acc"],
             "teacher_few_acc": test["few_acc"], "teacher_mean_client_acc": c["mean_client_acc"],
-            "teacher_worst_client_acc": c["worst_client_acc"]}
+            "teacher_worst_client_acc": c["worst_client_acc"], **{f"teacher_{k}": v for k, v in local.items()}}
 
 
 def domain_summary(preds: np.ndarray, labels: np.ndarray, domains: np.ndarray, names: list[str]) -> dict[str, float]:

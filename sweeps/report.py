@@ -3,6 +3,8 @@
     python -m sweeps.report fairness_paradox                     # the latest finished launch
     python -m sweeps.report rank_collapse --profile smoke        # rank-collapse table and figure
     python -m sweeps.report lora_fair                            # LoRA-FAIR Table-1-shaped table
+    python -m sweeps.report fed_lpfm                             # methods x alpha, beside the teachers
+    python -m sweeps.report fedpurel                             # GM / PM All, Many, Medium, Few, balancedness
     python -m sweeps.report fairness_paradox --run-id <parent>   # a given launch
     python -m sweeps.report fairness_paradox --tracking-uri http://127.0.0.1:5000 --out reports/
 
@@ -12,7 +14,8 @@ round), beside the paper's numbers (METHODS.md 1.5), and, where the control leve
 the worst-client gap at the smallest alpha follows the pretraining priors. Writes three plots
 (gap against alpha per model; per-client accuracy at the smallest alpha; worst-client accuracy
 over rounds) and the table as CSV to --out, and logs them to the launch's parent run under report/.
-The LoRA studies' reports are described in sweeps/report_lora.py.
+The LoRA studies' reports are described in sweeps/report_lora.py, the foundation-model-prior
+studies' (fed_lpfm, fedpurel) in sweeps/report_priors.py.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.report_lora import lora_fair_report, rank_collapse_report
+from sweeps.report_priors import fed_lpfm_report, fedpurel_report
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("mean_client_acc", "worst_client_acc", "gap", "balancedness")
@@ -260,7 +264,8 @@ def fairness_report(client, parent, records, out: Path) -> tuple[str, list[Path]
     return text, files
 
 
-REPORTS = {"fairness_paradox": fairness_report, "rank_collapse": rank_collapse_report, "lora_fair": lora_fair_report}
+REPORTS = {"fairness_paradox": fairness_report, "rank_collapse": rank_collapse_report, "lora_fair": lora_fair_report,
+           "fed_lpfm": fed_lpfm_report, "fedpurel": fedpurel_report}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,8 +39,10 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
 
 
 def _curves_plot(client, groups: dict[str, list[dict]], panels, key: str, ylabel: str, title: str,
-                 methods: tuple[str, ...], path: Path, scale: float = 100.0) -> None:
-    """One panel per panel key, one line per method: the mean over seeds of `key` at every round."""
+                 methods: tuple[str, ...], path: Path, scale: float = 100.0,
+                 baselines: dict[str, float] | None = None) -> None:
+    """One panel per panel key, one line per method: the mean over seeds of `key` at every round;
+    `baselines` adds a dashed horizontal line per panel (a zero-shot model's value)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -55,6 +57,8 @@ def _curves_plot(client, groups: dict[str, list[dict]], panels, key: str, ylabel
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             ax.plot(steps, [scale * statistics.fmean(c[s] for c in curves) for s in steps], marker=".",
                     label=method, color=f"C{i}")
+        if baselines and baselines.get(panel) == baselines.get(panel):  # not NaN
+            ax.axhline(scale * baselines[panel], color="gray", linestyle="--", label="zero-shot")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("round")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search_spaces import fairness_paradox as fp
+from search_spaces import fed_lpfm as lp
+from search_spaces import fedpurel as pr
 from search_spaces import lora as ls
 
 AG_NEWS_CLASSES = "World,Sports,Business,Sci/Tech"
@@ -35,6 +37,9 @@ class Profile:
     # --data-dir: the files it must hold, and the data section it becomes
     data_files: tuple[str, ...] = ("train.csv", "test.csv")
     data_from_dir: Callable[[str], dict[str, Any]] = None  # type: ignore[assignment]  # AG News by default
+    # profiles whose cells cover several datasets: --data-dir (or None: the hub) -> {dataset: dotted
+    # overrides}, resolved into options["datasets"] by get_profile
+    datasets: Callable[[str | None], dict[str, dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,114 @@ LORA_FAIR_PROFILES = {
         data_files=("train", "test"), data_from_dir=image_dir_base),
 }
 
+def _meta_names(path: Path) -> list[str]:
+    """Class names from DBpedia-14's meta.txt ("1: Artist" lines, in label order)."""
+    rows = [line.split(":", 1) for line in path.read_text().splitlines() if ":" in line and line[0].isdigit()]
+    return [name.strip() for _, name in sorted(rows, key=lambda r: int(r[0]))]
+
+
+def text_datasets(names: tuple[str, ...], **extra: dict[str, Any]) -> Callable[[str | None], dict[str, dict[str, Any]]]:
+    """AG News and DBpedia-14 from a local folder holding ag_news/ and dbpedia14/ as in ../shared/data
+    (--data-dir), or from the hub; `extra` adds dotted overrides per dataset."""
+    def resolve(data_dir: str | None) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        d = Path(data_dir).expanduser().resolve() if data_dir else None
+        for name in names:
+            if name == "ag_news":
+                src = ag_news_base(str(d / "ag_news") if d else None)
+            elif d is None:
+                src = {"source": "hf:fancyzhx/dbpedia_14?text=content"}
+            else:
+                classes = ",".join(_meta_names(d / "dbpedia14" / "meta.txt"))
+                src = {"source": f"csv:{d / 'dbpedia14' / 'train.csv'}?header=none&text=1&label=0&label_offset=1"
+                                 f"&class_names={classes}",
+                       "test_source": f"csv:{d / 'dbpedia14' / 'test.csv'}?header=none&text=1&label=0&label_offset=1"}
+            out[name] = {**{f"data.{k}": v for k, v in src.items()}, **extra.get(name, {})}
+        return out
+    return resolve
+
+
+TEXT_DATA_FILES = ("ag_news/train.csv", "ag_news/test.csv", "dbpedia14/train.csv", "dbpedia14/test.csv",
+                   "dbpedia14/meta.txt")
+
+
+def image_datasets(name: str, **extra: Any) -> Callable[[str | None], dict[str, dict[str, Any]]]:
+    """An image dataset from --data-dir: train/ and test/ class folders, or train_jpg.tar and
+    test_jpg.tar as in ../shared/data/cifar10."""
+    def resolve(data_dir: str | None) -> dict[str, dict[str, Any]]:
+        if data_dir is None:
+            return {name: {}}  # get_profile refuses a profile that needs --data-dir before this matters
+        d = Path(data_dir).expanduser().resolve()
+        train, test = (d / "train", d / "test") if (d / "train").exists() else (d / "train_jpg.tar", d / "test_jpg.tar")
+        return {name: {"data.source": f"images:{train}", "data.test_source": f"images:{test}", **extra}}
+    return resolve
+
+
+_SYNTHETIC = {"synthetic": {"data.source": "synthetic:topics?n=1500&test=200"}}
+_SMOKE = {"data": {"max_len": 16}, "partition": {"num_clients": 5}, "eval": {"batch_size": 128},
+          "batch_size": 16, "torch_threads": 1}
+
+FED_LPFM_PROFILES = {
+    "smoke": Profile(
+        "smoke", "offline: synthetic topics corpus, TextCNN students, MiniLM zero-shot teacher, 5 clients, alpha 0.1 "
+        "and 1, 3 rounds; about 5 minutes on 2 CPU cores",
+        base={**_SMOKE, "eval": {"protocol": "class_filtered", "batch_size": 128}, "max_local_steps": 30},
+        foundation_model="minilm-l6", alphas=(0.1, 1.0), rounds=lambda a: 3, num_samples=2, seeds=2,
+        max_local_epochs=1, grace_rounds=2,
+        options={"students": ("textcnn",), "teachers": ("minilm-l6",)}, datasets=lambda d: _SYNTHETIC),
+    "local": Profile(
+        "local", "AG News-LT and DBpedia-14-LT (imbalance 10; --data-dir ../shared/data, or the hub), TextCNN "
+        "students, MiniLM teacher, 10 clients, alpha 0.01 to 1",
+        base={"data": {"max_len": 64, "max_train_samples": 8000, "max_test_samples": 1000, "long_tail_if": 10},
+              "partition": {"num_clients": 10}, "eval": {"protocol": "class_filtered", "batch_size": 256},
+              "batch_size": 32, "max_local_steps": 40},
+        foundation_model="minilm-l6", alphas=(0.01, 0.1, 1.0), rounds=lambda a: 10, num_samples=3, seeds=3,
+        max_local_epochs=2, grace_rounds=3, options={"students": ("textcnn",), "teachers": ("minilm-l6",)},
+        datasets=text_datasets(("ag_news", "dbpedia14"), ag_news={"eval.many_min": 1000, "eval.few_max": 200}),
+        data_files=TEXT_DATA_FILES),
+    "paper": Profile(
+        "paper", "Fed-LPFM's setting: CIFAR-10 from --data-dir, ResNet-18 / MobileNetV2 / EfficientNet-B0 students "
+        "from scratch, CLIP zero-shot teachers (open_clip, pretrained), 10 clients, alpha 0.01 to 1, GPUs",
+        base={"partition": {"num_clients": 10}, "eval": {"protocol": "class_filtered", "batch_size": 512},
+              "batch_size": 64, "device": "cuda"},
+        foundation_model="clip:ViT-B-16/openai", alphas=lp.ALPHAS, rounds=lambda a: 50, num_samples=6, seeds=3,
+        max_local_epochs=3, grace_rounds=10, gpus_per_trial=0.25,
+        options={"students": ("timm:resnet18", "timm:mobilenetv2_100", "timm:efficientnet_b0"),
+                 "teachers": ("clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai")},
+        datasets=image_datasets("cifar10"), data_files=()),
+}
+
+_PUREL_SMOKE = {**_SMOKE, "data": {"max_len": 16}, "clients_per_round": 2, "max_local_steps": 6,
+                "model": {"lora": {"r": 8, "alpha": 16, "dropout": 0.1}}}
+FEDPUREL_PROFILES = {
+    "smoke": Profile(
+        "smoke", "offline: long-tailed synthetic topics corpus (imbalance 10), MiniLM with its zero-shot head + "
+        "LoRA, pooled partition of 5 clients (2 a round), beta 1, 3 rounds; about 3 minutes on 2 CPU cores",
+        base=_PUREL_SMOKE, foundation_model="minilm-l6", alphas=(1.0,), rounds=lambda a: 3, num_samples=2, seeds=2,
+        max_local_epochs=1, grace_rounds=2, options={"imbalance_factors": (10,)}, datasets=lambda d: _SYNTHETIC),
+    "local": Profile(
+        "local", "AG News-LT and DBpedia-14-LT (--data-dir ../shared/data, or the hub), MiniLM zero-shot head + "
+        "LoRA r 8, 10 clients (4 a round), imbalance 10 and 100, beta 0.1 and 1; a night on a laptop CPU",
+        base={"data": {"max_len": 64, "max_train_samples": 8000, "max_test_samples": 1000},
+              "partition": {"num_clients": 10}, "clients_per_round": 4, "eval": {"batch_size": 256},
+              "batch_size": 16, "max_local_steps": 20},
+        foundation_model="minilm-l6", alphas=(0.1, 1.0), rounds=lambda a: 8, num_samples=2, seeds=2,
+        max_local_epochs=1, grace_rounds=3, options={"imbalance_factors": (10, 100)},
+        datasets=text_datasets(("ag_news", "dbpedia14"), ag_news={"eval.many_min": 1000, "eval.few_max": 200}),
+        data_files=TEXT_DATA_FILES),
+    "paper": Profile(
+        "paper", "FedPuReL's main setting: CLIP ViT-B/16 (open_clip, OpenAI weights) + LoRA r 8 on the vision "
+        "encoder, CIFAR-100-LT from --data-dir (train/ and test/ class folders), 20 clients (40% a round), "
+        "100 rounds, imbalance 10/50/100, beta 0.1 to 5, GPUs",
+        base={"partition": {"num_clients": 20, "coarse": pr.CIFAR100_COARSE}, "clients_per_round": 8,
+              "eval": {"batch_size": 512}, "batch_size": 32, "device": "cuda",
+              "model": {"lora": {"r": 8, "alpha": 16, "dropout": 0.25}}},
+        foundation_model="clip:ViT-B-16/openai", alphas=pr.BETAS, rounds=lambda a: 100, num_samples=4, seeds=3,
+        max_local_epochs=1, grace_rounds=20, gpus_per_trial=0.25,
+        options={"imbalance_factors": pr.IMBALANCE_FACTORS}, datasets=image_datasets("cifar100"),
+        data_files=("train", "test")),
+}
+
 STUDIES: dict[str, Study] = {
     "fairness_paradox": Study(
         "fairness_paradox",
@@ -168,6 +281,18 @@ STUDIES: dict[str, Study] = {
         LORA_FAIR_PROFILES, lambda p, controls: ls.lora_fair_cells(p), ls.lora_fair_name,
         ls.lora_fair_overrides, ls.lora_fair_space, objectives=("global_acc", "worst_client_acc"),
         asha_metric="global_acc"),
+    "fed_lpfm": Study(
+        "fed_lpfm",
+        "Fed-LPFM: lightweight students distilling a frozen zero-shot foundation model vs FedAvg, FedProx and FML, "
+        "by Dirichlet alpha and teacher",
+        FED_LPFM_PROFILES, lambda p, controls: lp.cells(p), lp.cell_name, lp.cell_overrides, lp.space,
+        objectives=("global_acc", "balancedness"), asha_metric="global_acc"),
+    "fedpurel": Study(
+        "fedpurel",
+        "FedPuReL vs FedAvg fine-tuning of a foundation model with its zero-shot head, on long-tailed pooled "
+        "partitions by imbalance factor and heterogeneity (--controls adds the plain-KL ablation)",
+        FEDPUREL_PROFILES, pr.cells, pr.cell_name, pr.cell_overrides, pr.space,
+        objectives=("mean_client_acc", "global_acc", "balancedness"), asha_metric="mean_client_acc"),
 }
 
 
@@ -181,6 +306,15 @@ def get_profile(study: Study, name: str, data_dir: str | None = None) -> Profile
     if name not in study.profiles:
         raise KeyError(f"unknown profile {name!r} for {study.name}; allowed: {', '.join(study.profiles)}")
     profile = study.profiles[name]
+    if profile.datasets is not None:
+        if data_dir is not None:
+            missing = [f for f in profile.data_files if not (Path(data_dir) / f).exists()]
+            if missing:
+                raise ValueError(f"--data-dir {data_dir!r} lacks {', '.join(missing)} (profile {name} of {study.name})")
+        elif profile.base.get("device") == "cuda" and not profile.data_files == TEXT_DATA_FILES:
+            raise ValueError(f"profile {name} of {study.name} reads its images from --data-dir "
+                             f"({', '.join(profile.data_files) or 'train_jpg.tar, test_jpg.tar'} or train/, test/)")
+        return replace(profile, options={**profile.options, "datasets": profile.datasets(data_dir)})
     if data_dir is not None:
         missing = [f for f in profile.data_files if not (Path(data_dir) / f).exists()]
         if missing:

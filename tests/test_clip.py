@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedcore import lora
 from fedcore.models import clip as C
 from fedcore.models.hf_text import ModelLoadError
 
@@ -59,6 +60,15 @@ def test_split_attention_computes_what_multihead_attention_does():
     split = C.SplitAttention(mha)
     with torch.no_grad():
         torch.testing.assert_close(split(x, x, x)[0], mha(x, x, x, need_weights=False)[0], atol=1e-6, rtol=0)
+        causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # MHA's convention: True = may not attend
+        additive = torch.randn(4, 5, 5)  # per sample and head
+        for mask in (causal, additive):
+            torch.testing.assert_close(split(x, x, x, attn_mask=mask)[0],
+                                       mha(x, x, x, need_weights=False, attn_mask=mask)[0], atol=1e-6, rtol=0)
+        seq_first = torch.nn.MultiheadAttention(16, 2).eval()
+        xs = x.transpose(0, 1)
+        torch.testing.assert_close(C.SplitAttention(seq_first)(xs, xs, xs)[0], seq_first(xs, xs, xs)[0],
+                                   atol=1e-6, rtol=0)
     assert [n for n, _ in split.named_children()] == ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -76,6 +86,8 @@ def test_lora_classifier_starts_at_zero_shot_and_trains_only_lora_factors():
     name = "visual.base_model.model.transformer.resblocks.0.attn.q_proj.lora_A.default.weight"
     assert trainable[name].shape == (4, 64) and trainable[name.replace("lora_A", "lora_B")].shape == (64, 4)
     assert not any("token_embedding" in n or n.startswith("text") for n, _ in model.named_parameters())
+    params, layers = dict(model.named_parameters()), lora.lora_layers(trainable)  # the engine's view
+    assert len(layers) == 6 and all(lora.base_weight_key(prefix) in params for prefix in layers)
 
     text_before = model.text_embeddings.clone()
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}

@@ -19,7 +19,7 @@ SYN = "synthetic:topics?n=40&test=20"
     ({"method.name": "fedavgw", "model.name": "textcnn"}, r"'fedavgw' aggregates LoRA factors.*allowed: model\.tuning 'lora'"),
     ({"model.name": "textcnn", "model.tuning": "lora"}, r"model\.tuning: 'lora' needs a transformer"),
     ({"method.name": "fedprox", "method.params": {"mu": -1}}, r"method\.params\.mu: .*greater than or equal to 0"),
-    ({"eval.protocol": "global"}, r"eval\.protocol: .*'local_split' or 'class_filtered'"),
+    ({"eval.protocol": "global"}, r"eval\.protocol: .*'local_split', 'class_filtered' or 'pooled_local'"),
     ({"rounds": 0}, r"rounds: .*greater than or equal to 1"),
     ({"optimizer.lrr": 0.1}, r"optimizer\.lrr: unknown field \(did you mean 'lr'\?\); allowed: name, lr, momentum"),
     ({"device": "gpu"}, r"device: unknown device 'gpu'; allowed: cpu, cuda"),

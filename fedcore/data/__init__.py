@@ -148,13 +148,13 @@ def load_federated(cfg) -> FederatedData:
         test_on = "test"
     tr, te, vocab_size, in_features = _tensorize(cfg, ds)
     if cfg.teacher is not None:
-        if ds.kind != "text":
-            raise DataSourceError(f"teacher: {cfg.teacher.name!r} is a text zero-shot head but "
-                                  f"{cfg.data.source!r} gives {ds.kind}; image teachers (open_clip) are not built yet")
+        if ds.kind == "features":
+            raise DataSourceError(f"teacher: {cfg.teacher.name!r} needs text or images but {cfg.data.source!r} "
+                                  f"gives feature vectors")
         from fedcore.teacher import teacher_logits
 
-        tr["teacher_logits"], te["teacher_logits"] = teacher_logits(cfg.teacher, ds.train.texts, ds.test.texts,
-                                                                    ds.class_names, cfg.cache_dir)
+        tr["teacher_logits"], te["teacher_logits"] = teacher_logits(cfg.teacher, ds.train, ds.test, ds.class_names,
+                                                                    ds.kind, cfg.cache_dir)
     return FederatedData(
         name=ds.name, class_names=ds.class_names,
         train_inputs=tr, train_labels=torch.as_tensor(ds.train.labels),

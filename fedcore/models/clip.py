@@ -83,7 +83,8 @@ class SplitAttention(nn.Module):
         d, w, b = mha.embed_dim, mha.in_proj_weight.detach(), mha.in_proj_bias
         self.heads, self.batch_first, self.dropout = mha.num_heads, mha.batch_first, mha.dropout
         for i, key in enumerate(("q_proj", "k_proj", "v_proj")):
-            lin = nn.Linear(d, d, bias=b is not None, device=w.device, dtype=w.dtype)
+            # skip_init: no random init (it would draw from the global RNG), the weights are copied in
+            lin = nn.utils.skip_init(nn.Linear, d, d, bias=b is not None, device=w.device, dtype=w.dtype)
             with torch.no_grad():
                 lin.weight.copy_(w[i * d:(i + 1) * d])
                 if b is not None:
@@ -96,6 +97,9 @@ class SplitAttention(nn.Module):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, length, d = query.shape
         heads = lambda t: t.reshape(n, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        if attn_mask is not None:  # MHA: True = blocked, masks may be (N * heads) x L x S; SDPA: True = attend
+            attn_mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
+            attn_mask = attn_mask.view(n, self.heads, *attn_mask.shape[-2:]) if attn_mask.dim() == 3 else attn_mask
         out = F.scaled_dot_product_attention(heads(self.q_proj(query)), heads(self.k_proj(key)),
                                              heads(self.v_proj(value)), attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
@@ -158,27 +162,27 @@ def _simple_tokenizer():
 
 
 def load_clip(name: str) -> LoadedClip:
+    """The open_clip model (eval mode, visual attention split), its tokenizer, input size, mean, std."""
     import open_clip
 
-    if name == TINY_CLIP:
-        with torch.random.fork_rng(devices=[]):  # the same weights on every build, global RNG untouched
-            torch.manual_seed(0)
-            model = open_clip.model.CLIP(**TINY_CFG)
-        tokenizer, pcfg = _simple_tokenizer(), {}
-    else:
-        arch, tag = _parse(name)
-        pcfg = open_clip.get_pretrained_cfg(arch, tag) if not os.path.isfile(tag) else {}
-        source = tag if os.path.isfile(tag) else _cached_checkpoint(pcfg)
-        if source is None and _hub_unreachable():
-            raise ModelLoadError(f"model.name: the pretrained weights of {name!r} are not in the Hugging Face "
-                                 f"cache and the hub cannot be reached; offline, use {TINY_CLIP}")
-        try:
-            model = open_clip.create_model(arch, pretrained=source or tag, require_pretrained=True,
-                                           force_quick_gelu=bool(pcfg.get("quick_gelu")))
-            tokenizer = open_clip.get_tokenizer(arch)
-        except (RuntimeError, OSError) as e:  # download failures surface as RuntimeError / OSError
-            raise ModelLoadError(f"model.name: could not load {name!r} ({str(e).strip()[:200]}); "
-                                 f"offline, use {TINY_CLIP}") from None
+    arch, tag = (None, None) if name == TINY_CLIP else _parse(name)
+    pcfg = {} if tag is None or os.path.isfile(tag) else open_clip.get_pretrained_cfg(arch, tag)
+    source = tag if tag is None or os.path.isfile(tag) else _cached_checkpoint(pcfg)
+    if tag is not None and source is None and _hub_unreachable():
+        raise ModelLoadError(f"model.name: the pretrained weights of {name!r} are not in the Hugging Face cache "
+                             f"and the hub cannot be reached; offline, use {TINY_CLIP}")
+    with torch.random.fork_rng(devices=[]):  # building draws no numbers from the run's RNG
+        if tag is None:
+            torch.manual_seed(0)  # the same tiny weights on every build: teacher and student agree
+            model, tokenizer = open_clip.model.CLIP(**TINY_CFG), _simple_tokenizer()
+        else:
+            try:
+                model = open_clip.create_model(arch, pretrained=source or tag, require_pretrained=True,
+                                               force_quick_gelu=bool(pcfg.get("quick_gelu")))
+                tokenizer = open_clip.get_tokenizer(arch)
+            except (RuntimeError, OSError) as e:  # open_clip reports failed downloads as these
+                raise ModelLoadError(f"model.name: could not load {name!r} ({str(e).strip()[:200]}); "
+                                     f"offline, use {TINY_CLIP}") from None
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     mean = tuple(pcfg.get("mean") or open_clip.OPENAI_DATASET_MEAN)

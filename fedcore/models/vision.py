@@ -35,7 +35,7 @@ def _family(model: nn.Module) -> str:
 class ImageClassifier(nn.Module):
     """forward(batch) -> logits, from batch["pixels"] (uint8, N x 3 x H x W)."""
 
-    def __init__(self, model: nn.Module, size: int, mean, std):
+    def __init__(self, model: nn.Module, size: int | None, mean, std):
         super().__init__()
         self.model, self.size = model, size
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -43,7 +43,7 @@ class ImageClassifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["pixels"].float().div_(255)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+        if self.size is not None and (x.shape[-1] != self.size or x.shape[-2] != self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.model((x - self.mean) / self.std)
 
@@ -74,6 +74,8 @@ def build_vision_classifier(mcfg, num_classes: int) -> ImageClassifier:
     model = _timm_model(mcfg.name, num_classes, mcfg.init)
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     size = int((pcfg.get("input_size") or (3, 32, 32))[-1]) if mcfg.name not in TINY_VISION else 32
+    if mcfg.init == "random" and mcfg.name not in TINY_VISION:
+        size = None  # a student trained from scratch sees the data at its own size (no 32 -> 224 resize)
     mean, std = pcfg.get("mean", IMAGENET_MEAN), pcfg.get("std", IMAGENET_STD)
     head = pcfg.get("classifier", "head")
     if mcfg.tuning == "lora":
