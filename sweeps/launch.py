@@ -201,7 +201,7 @@ def run_cell(entry, args, profile, study, resources, parent_run_id: str, tune_di
     return row
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> None:
     print(f"\n{'cell':<28}{'seeds':>6}  {'mean acc':>15}  {'worst acc':>15}  {'gap':>15}  {'balancedness':>15}")
     for r in rows:
         if "error" in r:
@@ -210,7 +210,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         cols = "  ".join(f"{r[k]:.4f} ± {r[k + '_sd']:.4f}"
                          for k in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"))
         print(f"{r['cell']:<28}{r['seeds']:>6}  {cols}")
-    print("(mean ± sd over seeds of the final round; each cell's best configuration by worst-client accuracy)")
+    print(f"(mean ± sd over seeds of the final round; each cell's best configuration by {objective})")
 
 
 def prepare(args):
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted after {time.perf_counter() - t0:.0f}s; the state is saved under {tune_dir}.\n"
               f"continue with: {command(resume)}", file=sys.stderr)
         return 130
-    print_table(rows)
+    print_table(rows, study.objectives[0])
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
     print(f"MLflow: experiment {study.name!r}, parent run {parent} in {tracking_uri}; "
           f"browse with `mlflow ui --backend-store-uri {tracking_uri}`; "

@@ -197,6 +197,10 @@ def image_datasets(name: str, **extra: Any) -> Callable[[str | None], dict[str, 
 
 
 _SYNTHETIC = {"synthetic": {"data.source": "synthetic:topics?n=1500&test=200"}}
+# long-tailed synthetic pool (imbalance 10 over 4 classes: about 325, 150, 70, 32): Many/Medium/Few thresholds
+# that give each group a class
+_SYNTHETIC_LT = {"synthetic": {"data.source": "synthetic:topics?n=1500&test=200", "eval.many_min": 200,
+                               "eval.few_max": 50}}
 _SMOKE = {"data": {"max_len": 16}, "partition": {"num_clients": 5}, "eval": {"batch_size": 128},
           "batch_size": 16, "torch_threads": 1}
 
@@ -237,7 +241,7 @@ FEDPUREL_PROFILES = {
         "smoke", "offline: long-tailed synthetic topics corpus (imbalance 10), MiniLM with its zero-shot head + "
         "LoRA, pooled partition of 5 clients (2 a round), beta 1, 3 rounds; about 3 minutes on 2 CPU cores",
         base=_PUREL_SMOKE, foundation_model="minilm-l6", alphas=(1.0,), rounds=lambda a: 3, num_samples=2, seeds=2,
-        max_local_epochs=1, grace_rounds=2, options={"imbalance_factors": (10,)}, datasets=lambda d: _SYNTHETIC),
+        max_local_epochs=1, grace_rounds=2, options={"imbalance_factors": (10,)}, datasets=lambda d: _SYNTHETIC_LT),
     "local": Profile(
         "local", "AG News-LT and DBpedia-14-LT (--data-dir ../shared/data, or the hub), MiniLM zero-shot head + "
         "LoRA r 8, 10 clients (4 a round), imbalance 10 and 100, beta 0.1 and 1; a night on a laptop CPU",
