@@ -75,7 +75,7 @@ class Federation:
         if self.data.domain_names:
             keys += ["domain_avg_acc", *(f"domain_acc/{n}" for n in self.data.domain_names)]
         if "teacher_logits" in self.data.test_inputs:
-            keys += [*TEACHER_KEYS, "tkl_to_zero_shot"]
+            keys += [*TEACHER_KEYS, "tkl_to_zero_shot", *(f"teacher_class_acc/{c}" for c in range(self.data.num_classes))]
         if self.method.personalizes:
             keys += GLOBAL_CLIENT_KEYS
         return dict.fromkeys(keys, math.nan)

@@ -82,7 +82,8 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
     entries = []
     for cell in cells:
         overrides = {**study.cell_overrides(cell, profile), "rounds": profile.rounds(cell["alpha"]),
-                     **profile.model_overrides.get(cell["model"], {}), "device": args.device}
+                     **profile.model_overrides.get(cell["model"], {}), "device": args.device,
+                     **zero_shot_overrides(study, profile)}
         space = study.space(cell, profile.max_local_epochs)
         probe = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
         try:
@@ -93,6 +94,17 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
             raise ValueError(f"cell {study.cell_name(cell)}: {e}") from None
         entries.append({"cell": cell, "name": study.cell_name(cell), "overrides": overrides, "space": space})
     return entries
+
+
+def zero_shot_overrides(study, profile) -> dict[str, Any]:
+    """The teacher that gives a study's zero-shot row: the profile's foundation model, read as a zero-shot
+    head with the texts cut as the models see them (nothing where it has no zero-shot head)."""
+    from fedcore.models import input_kind, is_clip
+
+    fm = profile.foundation_model
+    if not study.zero_shot_row or not (is_clip(fm) or input_kind(fm) == "text"):
+        return {}
+    return {"teacher.name": fm, "teacher.max_len": profile.base.get("data", {}).get("max_len", 64)}
 
 
 class Progress(tune.Callback):

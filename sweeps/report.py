@@ -43,7 +43,7 @@ PAPER = {
     ("textcnn", "fedavg", 5.0): (97.8, 94.7, 3.1), ("fm_lora", "fedavg", 5.0): (91.3, 91.3, 0.0),
     ("fm_lora", "fedavgw", 0.1): (77.2, 17.4, 59.8),
 }
-MODEL_ORDER = ("textcnn", "fm_lora", "fm_full", "fm_scratch")
+MODEL_ORDER = ("zero_shot", "textcnn", "fm_lora", "fm_full", "fm_scratch")
 PRETRAINED = ("fm_lora", "fm_full")
 FROM_SCRATCH = ("textcnn", "fm_scratch")
 
@@ -107,8 +107,33 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[k + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         row["paper"] = PAPER.get((model, agg, alpha))
         rows.append(row)
+    rows += zero_shot_rows(records)
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
     return sorted(rows, key=lambda r: (r["alpha"], order.get(r["model"], 99), r["aggregation"]))
+
+
+ZERO_SHOT_KEYS = {"mean_client_acc": "teacher_mean_client_acc", "worst_client_acc": "teacher_worst_client_acc",
+                  "balancedness": "teacher_balancedness"}
+
+
+def zero_shot_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per alpha, the foundation model's zero-shot head on the same clients (one record per seed: a seed
+    fixes the partition), as a row of the table: model `zero_shot`, aggregation `-`."""
+    per_alpha: dict[float, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        if not math.isnan(r["metrics"].get("teacher_mean_client_acc", math.nan)):
+            per_alpha[r["alpha"]].setdefault(r["seed"], r["metrics"])
+    rows = []
+    for alpha, by_seed in per_alpha.items():
+        row: dict[str, Any] = {"model": "zero_shot", "aggregation": "-", "alpha": alpha, "seeds": len(by_seed),
+                               "paper": None}
+        values = {k: [m[t] for m in by_seed.values()] for k, t in ZERO_SHOT_KEYS.items()}
+        values["gap"] = [a - b for a, b in zip(values["mean_client_acc"], values["worst_client_acc"])]
+        for k in KEYS:
+            row[k] = statistics.fmean(values[k])
+            row[k + "_sd"] = statistics.stdev(values[k]) if len(values[k]) > 1 else 0.0
+        rows.append(row)
+    return rows
 
 
 def priors_verdict(rows: list[dict[str, Any]]) -> str | None:
@@ -147,9 +172,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['alpha']:>5g}  {r['model']:<11}{r['aggregation']:<9}{r['seeds']:>5}  "
                      f"{_pm(r, 'mean_client_acc')}  {_pm(r, 'worst_client_acc')}  {_pm(r, 'gap')}  "
                      f"{_pm(r, 'balancedness')}   {paper}")
-    lines.append("(percent; mean ± sd over seeds, final round. Paper: METHODS.md 1.5, AG News, 10 clients, one "
-                 "seed; its FM is DistilBERT+LoRA, its FedAvgW row beta 0.5. Compare the shape, not the level, "
-                 "when the profile is not `paper`.)")
+    lines.append("(percent; mean ± sd over seeds, final round. zero_shot: the foundation model's own zero-shot head "
+                 "(no training) on the same clients, the prior before fine-tuning. Paper: METHODS.md 1.5, AG News, 10 "
+                 "clients, one seed; its FM is DistilBERT+LoRA, its FedAvgW row beta 0.5. Compare the shape, not the "
+                 "level, when the profile is not `paper`.)")
     return "\n".join(lines)
 
 

@@ -34,6 +34,24 @@ def _pm(pair: tuple[float, float], scale: float = 100.0) -> str:
     return "    -      " if math.isnan(m) else f"{scale * m:5.1f} ± {scale * sd:4.1f}"
 
 
+def zero_shot_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The zero-shot row's records: one per seed (a seed fixes the partition, so the zero-shot head scores
+    the same clients in every cell), its teacher_* metrics under the model metrics' names."""
+    by_seed: dict[int, dict] = {}
+    for r in records:
+        m = r["metrics"]
+        if not math.isnan(m.get("teacher_mean_client_acc", math.nan)):
+            by_seed.setdefault(r["seed"], {**r, "aggregation": "zero_shot", "metrics": {
+                "mean_client_acc": m["teacher_mean_client_acc"], "worst_client_acc": m["teacher_worst_client_acc"],
+                "gap": m["teacher_mean_client_acc"] - m["teacher_worst_client_acc"], "global_acc": m["teacher_acc"],
+                "balancedness": m["teacher_balancedness"]}})
+    return list(by_seed.values())
+
+
+def _num(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.2f}"
+
+
 def _history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
@@ -75,9 +93,13 @@ def rank_collapse_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["alpha"], r["cell"].get("rank_profile", "?"), r["aggregation"])].append(r)
-    order = {m: i for i, m in enumerate(RANK_COLLAPSE_METHODS)}
+    for (alpha, rp, _), rs in list(groups.items()):
+        groups.setdefault((alpha, rp, "zero_shot"), zero_shot_records(rs))
+    order = {m: i for i, m in enumerate(("zero_shot",) + RANK_COLLAPSE_METHODS)}
     rows = []
     for (alpha, rp, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
+        if not rs:
+            continue
         row = {"alpha": alpha, "rank_profile": rp, "method": method, "seeds": len(rs)}
         for k in ("mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank"):
             row[k] = _mean_sd([r["metrics"].get(k, math.nan) for r in rs])
@@ -92,11 +114,12 @@ def rank_collapse_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"{r['alpha']:>5g}  {r['rank_profile']:<18}{r['method']:<10}{r['seeds']:>5}  "
                      f"{_pm(r['mean_client_acc'])}  {_pm(r['worst_client_acc'])}  {_pm(r['gap'])}  "
-                     f"{_pm(r['energy_outside_shared'])}  {r['effective_rank'][0]:7.2f}")
+                     f"{_pm(r['energy_outside_shared'])}  {_num(r['effective_rank'][0]):>7}")
     lines.append("(percent; mean ± sd over seeds, final round. 1-rho_rmin: share of the global update's energy "
                  "outside the smallest client rank, averaged over LoRA layers; raFLoRA's claim is that it decays "
-                 "toward 0 under FlexLoRA/HetLoRA-style aggregation and does not under raFLoRA. No verified "
-                 "reference numbers exist (METHODS.md 4.5).)")
+                 "toward 0 under FlexLoRA/HetLoRA-style aggregation and does not under raFLoRA. zero_shot: the "
+                 "foundation model's zero-shot head on the same clients, untrained. No verified reference numbers "
+                 "exist (METHODS.md 4.5).)")
     return "\n".join(lines)
 
 
@@ -130,9 +153,13 @@ def lora_fair_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(_setting(r), r["aggregation"])].append(r)
-    order = {m: i for i, m in enumerate(LORA_FAIR_METHODS)}
+    for (setting, _), rs in list(groups.items()):
+        groups.setdefault((setting, "zero_shot"), zero_shot_records(rs))
+    order = {m: i for i, m in enumerate(("zero_shot",) + LORA_FAIR_METHODS)}
     rows = []
     for (setting, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        if not rs:
+            continue
         row: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rs)}
         for d in domains:
             row[f"domain_acc/{d}"] = _mean_sd([r["metrics"].get(f"domain_acc/{d}", math.nan) for r in rs])
@@ -158,7 +185,8 @@ def lora_fair_table(rows: list[dict[str, Any]], domains: list[str]) -> str:
             lines.append(f"{r['method']:<11}{r['seeds']:>5}  " + "  ".join(vals) + f"   {paper}")
         lines.append("")
     lines.append("(percent; mean ± sd over seeds, final round; Avg is the mean of the per-domain accuracies where "
-                 "the data has domains, the global test accuracy otherwise. Paper: LoRA-FAIR Table 1, DomainNet, "
+                 "the data has domains, the global test accuracy otherwise; zero_shot: the foundation model's "
+                 "zero-shot head, untrained, where it has one. Paper: LoRA-FAIR Table 1, DomainNet, "
                  "ViT-B/16 (METHODS.md 5.5); compare the ordering, not the level, off the paper profile.)")
     return "\n".join(lines)
 

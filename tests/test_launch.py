@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 
@@ -191,3 +192,24 @@ def test_report_summary_and_priors_verdict():
     assert priors_verdict(rows[:2] + rows[4:]) is None  # no controls, no verdict
     flipped = [dict(r, gap=1 - r["gap"]) for r in rows]
     assert "no, the reverse" in priors_verdict(flipped)
+
+
+def test_report_adds_the_zero_shot_row_once_per_seed():
+    from sweeps.report import summarize
+    from sweeps.report_lora import rank_collapse_rows
+
+    def rec(model, seed, teacher_mean, teacher_worst):
+        return {"model": model, "aggregation": "fedavg", "alpha": 0.1, "seed": seed, "cell": {"rank_profile": "uniform"},
+                "metrics": {"mean_client_acc": 0.8, "worst_client_acc": 0.5, "gap": 0.3, "balancedness": 0.4,
+                            "teacher_mean_client_acc": teacher_mean, "teacher_worst_client_acc": teacher_worst,
+                            "teacher_acc": 0.6, "teacher_balancedness": 0.2}}
+
+    # the same seed gives the same partition in every cell: its zero-shot values count once
+    records = [rec("textcnn", 0, 0.7, 0.4), rec("fm_lora", 0, 0.7, 0.4), rec("fm_lora", 1, 0.6, 0.2)]
+    zero = [r for r in summarize(records) if r["model"] == "zero_shot"]
+    assert len(zero) == 1 and zero[0]["seeds"] == 2 and zero[0]["aggregation"] == "-"
+    assert zero[0]["mean_client_acc"] == pytest.approx(0.65) and zero[0]["gap"] == pytest.approx(0.35)
+    assert zero[0]["gap_sd"] == pytest.approx(0.0707107, abs=1e-6) and zero[0]["balancedness"] == pytest.approx(0.2)
+    rows = rank_collapse_rows([dict(r, aggregation="raflora") for r in records])
+    assert [r["method"] for r in rows] == ["zero_shot", "raflora"]
+    assert rows[0]["worst_client_acc"][0] == pytest.approx(0.3) and math.isnan(rows[0]["energy_outside_shared"][0])
