@@ -139,6 +139,8 @@ class ModelConfig(_Strict):
     kernel_sizes: list[int] = [3, 4, 5]
     dropout: float = Field(0.5, ge=0, lt=1)
     hidden: int = Field(128, ge=1)  # MLP width
+    # transformers: hidden and attention dropout of the encoder (None: the checkpoint's own, 0.1 for BERT)
+    encoder_dropout: float | None = Field(None, ge=0, lt=1)
 
     @field_validator("name")
     @classmethod
@@ -249,6 +251,12 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**32)
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1)
+    # how a cohort's local updates run (fedcore/executors.py): one client after another on the resident
+    # model, or (LoRA with the plain local update) every client's adapter over the frozen base in one
+    # pass; auto measures both once per model, device and batch shape (cached) and takes the faster.
+    # Pin it for bit-for-bit reproducibility across machines: the two differ in rounding and dropout masks
+    executor: Literal["auto", "sequential", "batched"] = "auto"
+    executor_clients: int | None = Field(None, ge=1)  # batched: at most this many clients per pass
     cache_dir: str | None = None  # tokenized-tensor cache; None: $FEDCORE_CACHE or ~/.cache/fedcore
 
     @field_validator("device")

@@ -1,18 +1,18 @@
-"""How a cohort's local updates run. Sequential: one resident model; for each client the
-server's state is copied into it in place, trained, and the trainable tensors copied out.
-(A batched executor for LoRA cohorts comes with the benchmarks issue.)"""
+"""How a cohort's local updates run. Sequential: one resident model; for each client the server's
+state is copied into it, trained, and the trained tensors handed over as its update. Batched
+(fedcore/batched.py): a LoRA cohort in one pass over the frozen base. `choose_executor` picks one
+(run.executor: auto measures both once per model, device and batch shape, and caches the choice)."""
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 import torch
 
 from fedcore.local import train_local
 from fedcore.methods.base import ClientUpdate, LocalContext, client_key, client_state
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (trial seed, round, client, purpose), stable across runs."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+from fedcore.seeds import derive_seed  # noqa: F401  (re-exported: callers import it from here)
 
 
 @torch.no_grad()
@@ -40,6 +40,14 @@ def load_state(params: list[tuple[str, torch.nn.Parameter]], state: dict[str, to
         p.copy_(state[name])
 
 
+@torch.no_grad()
+def load_fresh(params: list[tuple[str, torch.nn.Parameter]], state: dict[str, torch.Tensor]) -> None:
+    """Point each parameter at a new copy of its state: one copy, after which the trained tensors can
+    be handed over as a client's update without cloning them."""
+    for name, p in params:
+        p.data = state[name].to(p.device, p.dtype, copy=True)
+
+
 def snapshot(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in params}
 
@@ -54,7 +62,7 @@ class SequentialExecutor:
         for k in cohort:
             rank = int(ranks[k]) if ranks is not None else None
             start = fed.method.client_start_state(fed.global_state, fed.server_state, k)
-            load_state(fed.params, start)
+            load_fresh(fed.params, start)
             if rank is not None:
                 zero_beyond_rank(fed.params, rank)
                 set_lora_scaling(fed.model, fed.cfg.model.lora.alpha / rank)
@@ -71,7 +79,9 @@ class SequentialExecutor:
             stats.update(ctx.report)
             if ctx.rank is not None:
                 zero_beyond_rank(fed.params, ctx.rank)
-            updates.append(ClientUpdate(k, len(idx), snapshot(fed.params), stats, ctx.rank))
+            # the trained tensors themselves become the update (the next client gets fresh storage)
+            updates.append(ClientUpdate(k, len(idx), {n: p.detach() for n, p in fed.params}, stats, ctx.rank))
+        load_fresh(fed.params, {n: p.detach() for n, p in fed.params})  # the last update no longer aliases the model
         if ranks is not None:
             set_lora_scaling(fed.model, fed.cfg.model.lora.alpha / fed.cfg.model.lora.resident_rank)
         return updates
@@ -121,3 +131,39 @@ class PrivateBranch:
 
     def after_backward(self, ctx: LocalContext) -> None:
         pass
+
+    def trains_locally(self, name: str) -> bool:
+        return True
+
+
+def choose_executor(fed):
+    """(executor, why): the configured one, or with `auto` the faster of sequential and batched for this
+    model, device and batch shape (measured once, cached in the tensor cache directory)."""
+    from fedcore.batched import BatchedLoRAExecutor, refusal, time_step
+    from fedcore.data.tokenize import cache_dir
+
+    cfg = fed.cfg
+    if cfg.executor == "sequential":
+        return SequentialExecutor(), "configured"
+    if cfg.executor == "batched":
+        return BatchedLoRAExecutor(fed), "configured"
+    reason = refusal(fed)
+    if reason is not None:
+        return SequentialExecutor(), f"auto: batched does not apply ({reason})"
+    cohort = cfg.clients_per_round or fed.data.num_clients
+    clients = list(range(min(cohort, cfg.executor_clients or cohort, fed.data.num_clients)))
+    key = "|".join(map(str, (cfg.model.name, cfg.model.head, cfg.model.lora.resident_rank, cfg.device, cfg.batch_size,
+                             len(clients), cfg.data.max_len, torch.__version__, torch.get_num_threads())))
+    path = cache_dir(cfg.cache_dir) / "executor_choice.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = time_step(fed, "batched", clients) / time_step(fed, "sequential", clients)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    ratio = known[key]
+    why = f"auto: one pass of {len(clients)} clients took {ratio:.2f}x the time of their sequential steps on {cfg.device}"
+    return (BatchedLoRAExecutor(fed) if ratio < 0.95 else SequentialExecutor()), why

@@ -17,7 +17,7 @@ import torch
 
 from fedcore.config import RunConfig
 from fedcore.data import FederatedData, load_federated, take
-from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
+from fedcore.executors import choose_executor, derive_seed, load_state, snapshot
 from fedcore.local import DivergedError, make_optimizer
 from fedcore.methods import get_method
 from fedcore.alignment import tkl
@@ -51,7 +51,6 @@ class Federation:
         self.lora = cfg.model.tuning == "lora" and is_transformer(cfg.model.name)
         if self.lora:
             self.method.lora_alpha = cfg.model.lora.alpha
-        self.executor = SequentialExecutor()
         self.global_state = snapshot(self.params)
         self.initial_state = self.global_state  # what a client-held copy starts from (never changed in place)
         self.server_state = self.method.init_server_state(self.global_state)
@@ -60,6 +59,7 @@ class Federation:
             self.server_state["ranks"] = torch.tensor([ranks[c] for c in self.data.client_ids], dtype=torch.long)
         self._frozen = dict(self.model.named_parameters())
         self._frozen_init: dict[str, torch.Tensor] = {}
+        self.executor, self.executor_reason = choose_executor(self)
         self.round = 0
         self.history: list[dict[str, float]] = []
         self.total_params, self.trainable_params = count_params(self.model)
@@ -118,6 +118,7 @@ class Federation:
                                      "min_client_size": float(self._sizes.min()),
                                      "max_client_size": float(self._sizes.max())}
         metrics.update(method_metrics)
+        metrics["executor_batched"] = float(self.executor.name == "batched")
         for key in (k for k in updates[0].metrics if k.startswith("metric/")):  # a method's client-side figures
             metrics[key.split("/", 1)[1]] = float(np.average([u.metrics[key] for u in updates], weights=n))
         if self.lora:

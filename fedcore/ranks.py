@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcore.executors import derive_seed
+from fedcore.seeds import derive_seed
 
 # fractions over the levels sorted from largest to smallest rank
 FRACTIONS = {"heavy_tail_light": (0.1, 0.1, 0.2, 0.2, 0.4), "heavy_tail_strong": (0.4, 0.2, 0.2, 0.1, 0.1)}

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model     {cfg.model.name} ({cfg.model.tuning}): {fed.trainable_params:,} trainable of "
           f"{fed.total_params:,} parameters")
     print(f"method    {cfg.method.name} {dict(fed.method.params)}; eval protocol {cfg.eval.protocol}; "
-          f"executor {fed.executor.name}; ready in {time.perf_counter() - t0:.1f}s")
+          f"executor {fed.executor.name} ({fed.executor_reason}); ready in {time.perf_counter() - t0:.1f}s")
     if args.checkpoint and args.resume and Path(args.checkpoint).is_file():
         try:
             fed.restore(args.checkpoint)

@@ -102,6 +102,11 @@ class Method:
     def after_backward(self, ctx: LocalContext) -> None:
         """Optional gradient transform, applied before the optimizer step."""
 
+    def trains_locally(self, name: str) -> bool:
+        """Whether clients update this trainable tensor (FFA-LoRA keeps A fixed); the engine drops the
+        gradients of the others before each step, so they neither move nor decay."""
+        return True
+
     def on_local_end(self, ctx: LocalContext) -> None:
         """After the client's last step, before its state is sent (e.g. lower ctx.rank)."""
 
@@ -144,7 +149,7 @@ def weighted_average(states: list[State], weights: torch.Tensor, keys=None) -> S
     for key in keys:
         acc = torch.zeros_like(states[0][key], dtype=torch.float64)
         for w, s in zip(weights.tolist(), states):
-            acc.add_(s[key].to(torch.float64), alpha=w)
+            acc.add_(s[key], alpha=w)  # promoted to float64 in place: no float64 copy of each state
         out[key] = acc.to(states[0][key].dtype)
     return out
 

@@ -5,7 +5,7 @@ The paper compensates the frozen A with a larger LoRA alpha (set model.lora.alph
 from __future__ import annotations
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, LocalContext, State, size_weights
+from fedcore.methods.base import ClientUpdate, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -13,10 +13,8 @@ class FFALoRA(LoRAMethod):
     name = "ffa_lora"
     summary = "FFA-LoRA: A frozen at a shared random init, only B trained and averaged (exact)"
 
-    def after_backward(self, ctx: LocalContext) -> None:
-        for name, p in ctx.params:
-            if lora.A_TAG in name:
-                p.grad = None  # the optimizer skips it: no step, no weight decay
+    def trains_locally(self, name: str) -> bool:
+        return lora.A_TAG not in name
 
     def aggregate(self, global_state: State, server_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, State]:

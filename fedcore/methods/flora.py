@@ -15,7 +15,7 @@ import math
 import torch
 
 from fedcore import lora
-from fedcore.executors import derive_seed
+from fedcore.seeds import derive_seed
 from fedcore.methods.base import ClientUpdate, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 

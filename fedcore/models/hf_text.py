@@ -70,7 +70,16 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _base_model(name: str, num_classes: int, init: str, vocab_size: int) -> nn.Module:
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "hidden_dropout", "classifier_dropout", "seq_classif_dropout")
+
+
+def dropout_overrides(config, p: float | None) -> dict:
+    """The config keys of an encoder's dropout rates set to p (nothing when p is None)."""
+    return {} if p is None else {k: p for k in DROPOUT_KEYS if getattr(config, k, None) is not None}
+
+
+def _base_model(name: str, num_classes: int, init: str, vocab_size: int, dropout: float | None = None) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification, CONFIG_MAPPING
 
     _quiet_transformers()
@@ -78,13 +87,15 @@ def _base_model(name: str, num_classes: int, init: str, vocab_size: int) -> nn.M
     if name in TINY:
         spec = dict(TINY[name])
         cfg = CONFIG_MAPPING[spec.pop("model_type")](vocab_size=vocab_size, num_labels=num_classes, **spec)
+        cfg.update(dropout_overrides(cfg, dropout))
         return AutoModelForSequenceClassification.from_config(cfg)
     src = minilm_path() if name == "minilm-l6" else hub_id(name)
     offline = name == "minilm-l6"
+    cfg = _from_hub(AutoConfig.from_pretrained, name, src, num_labels=num_classes, local_files_only=offline)
+    cfg.update(dropout_overrides(cfg, dropout))
     if init == "random":
-        cfg = _from_hub(AutoConfig.from_pretrained, name, src, num_labels=num_classes, local_files_only=offline)
         return AutoModelForSequenceClassification.from_config(cfg)
-    return _from_hub(AutoModelForSequenceClassification.from_pretrained, name, src, num_labels=num_classes,
+    return _from_hub(AutoModelForSequenceClassification.from_pretrained, name, src, config=cfg,
                      local_files_only=offline)
 
 
@@ -132,7 +143,7 @@ def checked_rank(model: nn.Module, targets: list[str], mcfg) -> int:
 
 
 def build_hf_classifier(mcfg, num_classes: int, vocab_size: int) -> HFClassifier:
-    base = _base_model(mcfg.name, num_classes, mcfg.init, vocab_size)
+    base = _base_model(mcfg.name, num_classes, mcfg.init, vocab_size, mcfg.encoder_dropout)
     if mcfg.tuning == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
