@@ -14,9 +14,11 @@ TINY = {
     "tiny-bert": dict(model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=64),
     "tiny-distilbert": dict(model_type="distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+    # DistilBERT-base's architecture, randomly initialised and offline (the GPU throughput benchmark)
+    "distilbert-base-random": dict(model_type="distilbert", dim=768, n_layers=6, n_heads=12, hidden_dim=3072),
 }
 HUB_ALIASES = {"distilbert-base-uncased": 768, "bert-base-uncased": 768}
-WIDTHS = {"minilm-l6": 384, "tiny-bert": 32, "tiny-distilbert": 32, **HUB_ALIASES}
+WIDTHS = {"minilm-l6": 384, "tiny-bert": 32, "tiny-distilbert": 32, "distilbert-base-random": 768, **HUB_ALIASES}
 
 
 def minilm_path() -> str:

@@ -1,0 +1,74 @@
+"""Memory: W1's peak resident memory against the number of clients (it should grow with nothing but
+their data), and resident memory over 100 sequential trials in one driver (it should not creep).
+
+Each measurement runs in a fresh subprocess: `python -m benchmarks.memory clients N` runs two W1
+rounds with N clients and prints the process's peak RSS; `python -m benchmarks.memory trials N` runs
+N small TextCNN federations one after another and prints RSS after the 10th and the last.
+"""
+from __future__ import annotations
+
+import gc
+import resource
+import subprocess
+import sys
+
+import psutil
+
+from benchmarks.common import ROOT, Row
+
+
+def _clients(n: int) -> None:
+    import torch
+
+    from benchmarks.w1 import make_federation
+
+    torch.set_num_threads(2)
+    fed = make_federation(2, clients=n)
+    fed.run()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _trials(n: int) -> None:
+    import torch
+
+    from fedcore.config import make_config
+    from fedcore.federation import Federation
+
+    torch.set_num_threads(2)
+    cfg = make_config({"data": {"source": "synthetic:topics?n=600&test=100", "max_len": 16},
+                       "partition": {"num_clients": 10}, "clients_per_round": 5, "model": {"embed_dim": 32},
+                       "rounds": 2, "max_local_steps": 2, "seed": 0})
+    marks = []
+    for i in range(1, n + 1):
+        Federation(cfg.model_copy(update={"seed": i})).run()
+        gc.collect()
+        if i in (10, n):
+            marks.append(psutil.Process().memory_info().rss / 2**20)
+    print(*marks)
+
+
+def _sub(*args: str) -> list[float]:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip()[-500:])
+    return [float(v) for v in out.stdout.split()]
+
+
+def run(quick: bool, log=print) -> tuple[list[Row], dict[str, float]]:
+    small, large = 100, 400
+    log(f"MEM: peak RSS of two W1 rounds with {small} and {large} clients (fresh processes)")
+    [rss_small], [rss_large] = _sub("clients", str(small)), _sub("clients", str(large))
+    trials = 30 if quick else 100
+    log(f"MEM: RSS over {trials} sequential trials in one process")
+    after10, after_all = _sub("trials", str(trials))
+    rows = [Row("MEM", f"W1 engine, {small} clients", [], None, rss_small),
+            Row("MEM", f"W1 engine, {large} clients", [], None, rss_large, "same data, 4x the clients"),
+            Row("MEM", f"{trials} trials in one driver", [], None, after_all,
+                f"RSS {after10:.0f} MB after trial 10, {after_all:.0f} MB after trial {trials}")]
+    return rows, {"MEM clients x4": rss_large / rss_small, f"MEM {trials} trials": after_all / after10}
+
+
+if __name__ == "__main__":
+    kind, n = sys.argv[1], int(sys.argv[2])
+    (_clients if kind == "clients" else _trials)(n)
