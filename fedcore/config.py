@@ -320,6 +320,9 @@ class RunConfig(_Strict):
                 max_len=self.data.max_len))
         elif self.teacher is None and METHODS[self.method.name].needs_teacher:
             object.__setattr__(self, "teacher", TeacherConfig())
+        if METHODS[self.method.name].personalizes and self.model.tuning == "lora" and self.model.lora.heterogeneous:
+            raise ValueError(f"model.lora: {self.method.name!r} trains a private branch beside the global one at one "
+                             f"rank; allowed: rank_profile 'homogeneous' and no per-client ranks")
         if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
             raise ValueError(
                 f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "

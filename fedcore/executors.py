@@ -152,8 +152,11 @@ def choose_executor(fed):
         return SequentialExecutor(), f"auto: batched does not apply ({reason})"
     cohort = cfg.clients_per_round or fed.data.num_clients
     clients = list(range(min(cohort, cfg.executor_clients or cohort, fed.data.num_clients)))
-    key = "|".join(map(str, (cfg.model.name, cfg.model.head, cfg.model.lora.resident_rank, cfg.device, cfg.batch_size,
-                             len(clients), cfg.data.max_len, torch.__version__, torch.get_num_threads())))
+    device = torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device.startswith("cuda") else "cpu"
+    lcfg = cfg.model.lora
+    key = "|".join(map(str, (cfg.model.name, cfg.model.head, lcfg.resident_rank, cfg.device, device, cfg.batch_size,
+                             len(clients), cfg.data.max_len, lcfg.rank_profile, lcfg.ranks, torch.__version__,
+                             torch.get_num_threads())))
     path = cache_dir(cfg.cache_dir) / "executor_choice.json"
     try:
         known = json.loads(path.read_text())

@@ -32,6 +32,16 @@ from fedcore.ranks import client_ranks
 STATE_VERSION = 1
 
 
+def running_stats(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, buffer) of the running mean and variance of every batch-norm layer with trainable weights."""
+    out = []
+    for prefix, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats \
+                and any(p.requires_grad for p in m.parameters(recurse=False)):
+            out += [(f"{prefix}.{b}" if prefix else b, getattr(m, b)) for b in ("running_mean", "running_var")]
+    return out
+
+
 class Federation:
     def __init__(self, cfg: RunConfig, data: FederatedData | None = None):
         self.cfg = cfg
@@ -44,7 +54,10 @@ class Federation:
         self.model = self.method.build_model(lambda: build_model(
             cfg.model, self.data.num_classes, self.data.vocab_size, self.data.in_features,
             self.data.class_names)).to(cfg.device)
-        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # what clients train and the server aggregates: the trainable parameters, and the running
+        # statistics of normalisation layers whose weights train (BatchNorm's mean and variance
+        # travel with its weights, as in FedAvg of the full model)
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad] + running_stats(self.model)
         # torch's first optimizer imports torch._dynamo (~2 s once per process): pay it here, not
         # in round 1's timing
         make_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])

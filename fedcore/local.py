@@ -21,7 +21,9 @@ def make_optimizer(ocfg, params: list[torch.nn.Parameter], model: torch.nn.Modul
     # foreach: one multi-tensor call per update instead of a Python loop over parameters; the same
     # arithmetic, bit for bit (tests/test_speed.py), also on the CPU where torch defaults to the loop
     if ocfg.name == "sgd" and model is not None and ocfg.weight_decay == 0:
-        tables = [e for e in row_sparse_embeddings(model) if any(e.weight is p for p in params)]
+        # CPU only: on CUDA index_add_ accumulates with atomics, in no fixed order
+        tables = [e for e in row_sparse_embeddings(model)
+                  if e.weight.device.type == "cpu" and any(e.weight is p for p in params)]
         if tables:
             dense = [p for p in params if not any(e.weight is p for e in tables)]
             opt = torch.optim.SGD(dense or [torch.zeros(1, requires_grad=True)], lr=ocfg.lr, momentum=ocfg.momentum,
@@ -46,7 +48,7 @@ def train_local(model: torch.nn.Module, method: Method, ctx: LocalContext, input
     model.train()
     # row-sparse embedding updates only where no hook reads or changes gradients after backward
     plain = type(method).after_backward is Method.after_backward
-    opt = make_optimizer(ocfg, [p for _, p in ctx.params], model if plain else None)
+    opt = make_optimizer(ocfg, [p for _, p in ctx.params if p.requires_grad], model if plain else None)
     try:
         return _steps(model, method, ctx, opt, inputs, labels, idx, epochs, batch_size, generator, device, max_steps)
     finally:

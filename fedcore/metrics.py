@@ -15,6 +15,13 @@ training count (> many_min, few_max < n <= many_min, <= few_max). A group with n
 
 Domain level, where the data carries domains (LoRA-FAIR's table): domain_acc/<name>, the accuracy
 on the global test set's samples of that domain, and domain_avg_acc, their unweighted mean.
+
+Pooled over clients (LOCAL_KEYS): the class metrics over the union of all clients' test splits,
+each sample predicted by its own client's evaluated model (the personalized one for FedPuReL).
+The zero-shot row (TEACHER_KEYS, where a run has a teacher): the frozen teacher's global and
+per-class accuracy, balancedness and Many/Medium/Few on the test set, and its client and pooled
+metrics on the clients' test splits. GLOBAL_CLIENT_KEYS: for a personalizing method, the global
+model's mean and worst client accuracy on the same splits.
 """
 from __future__ import annotations
 

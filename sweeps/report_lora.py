@@ -93,8 +93,9 @@ def rank_collapse_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["alpha"], r["cell"].get("rank_profile", "?"), r["aggregation"])].append(r)
-    for (alpha, rp, _), rs in list(groups.items()):
-        groups.setdefault((alpha, rp, "zero_shot"), zero_shot_records(rs))
+    for alpha, rp in {(a, p) for a, p, _ in groups}:
+        groups[(alpha, rp, "zero_shot")] = zero_shot_records(
+            [r for (a, p, _), rs in list(groups.items()) if (a, p) == (alpha, rp) for r in rs])
     order = {m: i for i, m in enumerate(("zero_shot",) + RANK_COLLAPSE_METHODS)}
     rows = []
     for (alpha, rp, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
@@ -153,8 +154,9 @@ def lora_fair_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(_setting(r), r["aggregation"])].append(r)
-    for (setting, _), rs in list(groups.items()):
-        groups.setdefault((setting, "zero_shot"), zero_shot_records(rs))
+    for setting in {st for st, _ in groups}:
+        groups[(setting, "zero_shot")] = zero_shot_records([r for (st, _), rs in list(groups.items()) if st == setting
+                                                            for r in rs])
     order = {m: i for i, m in enumerate(("zero_shot",) + LORA_FAIR_METHODS)}
     rows = []
     for (setting, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):

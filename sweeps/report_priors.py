@@ -49,12 +49,14 @@ def _lpfm_label(r: dict[str, Any]) -> str:
 def fed_lpfm_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, student, method label) and per zero-shot teacher, with (acc, bal) per alpha."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    teachers: dict[tuple, list[dict]] = defaultdict(list)
+    teachers: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in records:
         block = (r["cell"].get("dataset", "?"), r["model"])
         groups[(*block, _lpfm_label(r), r["alpha"])].append(r)
+        # the teacher's row once per seed (a seed fixes the partition; every cell of it scores the same)
         teachers[(*block, f"zero-shot {_short(r['cell'].get('zero_shot', r['cell'].get('teacher', '?')))}",
-                  r["alpha"])].append(r)
+                  r["alpha"])].setdefault(r["seed"], r)
+    teachers = {k: list(v.values()) for k, v in teachers.items()}
     order = {m: i for i, m in enumerate(LPFM_METHODS)}
     rows: dict[tuple, dict[str, Any]] = {}
     for (ds, student, label, alpha), rs in list(teachers.items()) + list(groups.items()):
@@ -134,9 +136,12 @@ PUREL_ORDER = ("Zero-shot", "FedAvg FT", "FedPuReL", "FedPuReL (KL)")
 
 def fedpurel_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    zero: dict[str, dict[int, dict]] = defaultdict(dict)
     for r in records:
         groups[(_block(r), _purel_method(r))].append(r)
-        groups[(_block(r), "Zero-shot")].append(r)  # every run carries the zero-shot row
+        zero[_block(r)].setdefault(r["seed"], r)  # every run carries the zero-shot row; count each seed once
+    for block, by_seed in zero.items():
+        groups[(block, "Zero-shot")] = list(by_seed.values())
     rows = []
     for (block, method), rs in groups.items():
         gm, pm = (ZERO_SHOT_GM, ZERO_SHOT_PM) if method == "Zero-shot" else (GM, PM)

@@ -74,7 +74,7 @@ def test_auto_measures_once_says_which_and_reuses_the_choice(tmp_path, monkeypat
     fed = Federation(cfg)
     assert fed.executor_reason.startswith("auto: one pass of 4 clients took")
     [(key, ratio)] = json.loads((tmp_path / "executor_choice.json").read_text()).items()
-    assert key.startswith("tiny-bert|linear|4|cpu|8|4|16|") and ratio > 0
+    assert key.startswith("tiny-bert|linear|4|cpu|cpu|8|4|16|homogeneous|None|") and ratio > 0
     assert fed.executor.name == ("batched" if ratio < 0.95 else "sequential")
 
     def no_measure(*a, **k):

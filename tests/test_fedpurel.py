@@ -216,3 +216,5 @@ def test_config_checks_for_the_pooled_partition_and_the_zero_shot_head():
         make_config({"method": {"name": "fedpurel"}})  # textcnn has no LoRA factors
     with pytest.raises(ConfigError, match="exactly one"):
         make_config({"model": {"name": "minilm-l6", "prompt": "no slot"}})
+    with pytest.raises(ConfigError, match="private branch"):  # stage 2 trains at one rank
+        make_config({"method": {"name": "fedpurel"}, "model": {"name": "minilm-l6", "lora": {"rank_profile": "uniform"}}})

@@ -90,3 +90,24 @@ def test_an_fml_round_trains_both_models_and_survives_a_checkpoint(tmp_path):
     resumed.restore(tmp_path / "s.pt")
     assert resumed.run_round()["global_acc"] == m2["global_acc"]
     assert np.isfinite(m2["train_loss"])
+
+
+def test_batch_norm_statistics_travel_with_the_weights():
+    """A student with BatchNorm (Fed-LPFM's timm students): its running mean and variance are part of
+    each update, averaged by n_k like the weights, and sent back to the clients."""
+    from fedcore.methods.base import size_weights, weighted_average
+
+    cfg = make_config({"data": {"source": "sklearn:digits?images=1"}, "partition": {"num_clients": 3},
+                       "model": {"name": "timm:resnet18", "tuning": "full", "init": "random"},
+                       "method": {"name": "fedavg"}, "max_local_steps": 2, "batch_size": 16, "rounds": 1})
+    fed = Federation(cfg)
+    key = "model.bn1.running_mean"
+    assert key in fed.global_state and "model.bn1.running_var" in fed.global_state
+    assert torch.equal(fed.global_state[key], torch.zeros_like(fed.global_state[key]))
+    cohort = fed.sample_clients(1)
+    updates = fed.executor.run(fed, cohort, 1)
+    assert all(not torch.equal(u.state[key], fed.global_state[key]) for u in updates)  # each client's own statistics
+    new, _ = fed.method.aggregate(fed.global_state, fed.server_state, updates)
+    expect = weighted_average([u.state for u in updates], size_weights(updates), [key])[key]
+    assert torch.equal(new[key], expect)
+    assert not fed.model.model.bn1.running_mean.requires_grad

@@ -113,3 +113,15 @@ def test_w1_shaped_run_is_identical_with_and_without_the_speed_work(monkeypatch)
         assert same == set(a) - {"seconds", "train_seconds"}, sorted(set(a) - same)[:5]
     assert all(torch.equal(fast.global_state[k], plain.global_state[k]) for k in fast.global_state)
     assert fast_history[-1]["global_acc"] > 0.3  # it learned something: the comparison is not of two no-ops
+
+
+def test_benchmark_command_refuses_unknown_workloads_and_tabulates_rows(capsys):
+    from benchmarks.__main__ import main, table
+    from benchmarks.common import Row
+
+    with pytest.raises(SystemExit) as e:
+        main(["W9"])
+    assert e.value.code == 2 and "unknown workload 'W9'" in capsys.readouterr().err
+    text = table([Row("W1", "fedcore engine", [1.0, 3.0, 2.0], 0.5, 1234.0, "n"), Row("W2", "batched executor")])
+    assert "   1.00    2.00    3.00     0.5000         1234  n" in text
+    assert text.splitlines()[-1].split()[3:] == ["-", "-", "-", "-", "-"]  # nothing measured: dashes, not zeros

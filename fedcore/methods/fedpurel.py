@@ -78,7 +78,7 @@ class FedPuReL(FedIT):
     def local_loss(self, logits: torch.Tensor, labels: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
         if self.params.strength > 0:
             # the alignment gradient, kept aside: it defines the forbidden direction, never the step
-            params = [p for _, p in ctx.params]
+            params = [p for _, p in ctx.params if p.requires_grad]
             align = self.align_loss(logits, ctx.batch["teacher_logits"])
             ctx.scratch["g_align"] = torch.autograd.grad(align, params, retain_graph=True, allow_unused=True)
         return F.cross_entropy(logits, labels)
@@ -87,7 +87,7 @@ class FedPuReL(FedIT):
         g_align = ctx.scratch.pop("g_align", None)
         if g_align is None:
             return
-        for (_, p), ga in zip(ctx.params, g_align):
+        for p, ga in zip((p for _, p in ctx.params if p.requires_grad), g_align):
             if p.grad is None or ga is None:
                 continue
             purified, conflicted = purify(p.grad, ga, self.params.strength)
