@@ -10,14 +10,24 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field, the value and what is allowed."""
+
+
+def _one_slot(template: str | None) -> str | None:
+    """A prompt template holds exactly one '{}', for the class name."""
+    if template is not None and template.count("{}") != 1:
+        raise ValueError(f"must hold exactly one '{{}}' for the class name, got {template!r}")
+    return template
+
+
+Template = Annotated[str | None, AfterValidator(_one_slot)]
 
 
 class _Strict(BaseModel):
@@ -130,7 +140,7 @@ class ModelConfig(_Strict):
     # so that the untrained model is the zero-shot model (FedPuReL's balanced prior)
     head: Literal["linear", "zero_shot"] = "linear"
     # zero_shot: the class prompt template (None: "This text is about {}."; "a photo of a {}." for CLIP)
-    prompt: str | None = None
+    prompt: Template = None
     logit_scale: float = Field(100.0, gt=0)  # zero_shot: CLIP's exp(logit_scale)
     lora: LoraConfig = LoraConfig()
     # TextCNN (Kim 2014; defaults give the paper's ~2.7M parameters with a 20k vocabulary)
@@ -150,12 +160,6 @@ class ModelConfig(_Strict):
         check_model_name(v)
         return v
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_slot(cls, v: str | None) -> str | None:
-        if v is not None and v.count("{}") != 1:
-            raise ValueError(f"must hold exactly one '{{}}' for the class name, got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _tuning_fits_model(self) -> "ModelConfig":
@@ -174,8 +178,8 @@ class ModelConfig(_Strict):
         if self.tuning is None:
             object.__setattr__(self, "tuning", "lora" if is_transformer(self.name) else "full")
         elif self.tuning == "head" and self.head == "zero_shot":
-            raise ValueError(f"model.tuning: 'head' has nothing to train with model.head 'zero_shot' (the head is the "
-                             f"fixed class prompt embeddings); allowed: 'lora' or 'full'")
+            raise ValueError("model.tuning: 'head' has nothing to train with model.head 'zero_shot' (the head is the "
+                             "fixed class prompt embeddings); allowed: 'lora' or 'full'")
         elif self.tuning != "full" and not is_transformer(self.name):
             raise ValueError(
                 f"model.tuning: {self.tuning!r} needs a transformer encoder, but {self.name!r} "
@@ -188,16 +192,10 @@ class TeacherConfig(_Strict):
     """A frozen zero-shot foundation model (fedcore/models/zero_shot.py): the teacher of distillation
     methods, and the zero-shot baseline row (teacher_acc) of every run that names one."""
     name: str = "minilm-l6"  # a text encoder (minilm-l6, tiny-bert, a hub id) or CLIP (tiny-clip, clip:<arch>/<tag>)
-    template: str | None = None  # None: "This text is about {}." for text, "a photo of a {}." for CLIP
+    template: Template = None  # None: "This text is about {}." for text, "a photo of a {}." for CLIP
     scale: float = Field(100.0, gt=0)  # logit scale on the cosine similarities (CLIP's exp(logit_scale))
     max_len: int = Field(64, ge=4, le=4096)  # text teachers: tokens per text
 
-    @field_validator("template")
-    @classmethod
-    def _one_slot(cls, v: str | None) -> str | None:
-        if v is not None and v.count("{}") != 1:
-            raise ValueError(f"must hold exactly one '{{}}' for the class name, got {v!r}")
-        return v
 
 
 class OptimizerConfig(_Strict):

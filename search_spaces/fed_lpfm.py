@@ -16,6 +16,8 @@ from typing import Any
 
 import optuna
 
+from search_spaces.common import lr_and_epochs
+
 METHODS = ("fedavg", "fedprox", "fml", "fed_lpfm")
 ALPHAS = (0.01, 0.1, 0.5, 1.0)
 LR_RANGE = (3e-3, 1e-1)  # SGD with momentum 0.9 on a student trained from scratch
@@ -50,10 +52,7 @@ def cell_overrides(cell: dict[str, Any], profile) -> dict[str, Any]:
 
 
 def space(cell: dict[str, Any], max_local_epochs: int = 3) -> dict[str, optuna.distributions.BaseDistribution]:
-    s: dict[str, optuna.distributions.BaseDistribution] = {
-        "optimizer.lr": optuna.distributions.FloatDistribution(*LR_RANGE, log=True)}
-    if max_local_epochs > 1:
-        s["local_epochs"] = optuna.distributions.IntDistribution(1, max_local_epochs)
+    s = lr_and_epochs(LR_RANGE, max_local_epochs)
     if cell["aggregation"] == "fedprox":
         s["method.params.mu"] = optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
     if cell["aggregation"] == "fed_lpfm":

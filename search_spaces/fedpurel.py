@@ -17,6 +17,8 @@ from typing import Any
 
 import optuna
 
+from search_spaces.common import lr_and_epochs
+
 IMBALANCE_FACTORS = (10, 50, 100)
 BETAS = (0.1, 0.5, 1.0, 5.0)
 LR_RANGE = (1e-4, 1e-2)  # SGD (momentum 0.9, weight decay 5e-4 as in the paper's code; lr 1e-3) on LoRA factors under scale-100 logits
@@ -56,10 +58,7 @@ def cell_overrides(cell: dict[str, Any], profile) -> dict[str, Any]:
 
 
 def space(cell: dict[str, Any], max_local_epochs: int = 1) -> dict[str, optuna.distributions.BaseDistribution]:
-    s: dict[str, optuna.distributions.BaseDistribution] = {
-        "optimizer.lr": optuna.distributions.FloatDistribution(*LR_RANGE, log=True)}
-    if max_local_epochs > 1:
-        s["local_epochs"] = optuna.distributions.IntDistribution(1, max_local_epochs)
+    s = lr_and_epochs(LR_RANGE, max_local_epochs)
     if cell["aggregation"] == "fedpurel":
         s["method.params.lambda"] = optuna.distributions.FloatDistribution(0.5, 0.99)
         s["method.params.strength"] = optuna.distributions.FloatDistribution(0.0, 1.0)

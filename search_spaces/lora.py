@@ -17,6 +17,8 @@ from typing import Any
 
 import optuna
 
+from search_spaces.common import lr_and_epochs
+
 RANK_COLLAPSE_METHODS = ("fedit", "hetlora", "flexlora", "flora", "raflora")
 LORA_FAIR_METHODS = ("fedit", "ffa_lora", "flora", "flexlora", "lora_fair")
 RANK_PROFILES = ("uniform", "heavy_tail_light", "heavy_tail_strong")
@@ -28,11 +30,7 @@ def rank_profile_space(profiles=RANK_PROFILES) -> dict[str, optuna.distributions
 
 
 def _common(max_local_epochs: int) -> dict[str, optuna.distributions.BaseDistribution]:
-    space: dict[str, optuna.distributions.BaseDistribution] = {
-        "optimizer.lr": optuna.distributions.FloatDistribution(*LR_RANGE, log=True)}
-    if max_local_epochs > 1:
-        space["local_epochs"] = optuna.distributions.IntDistribution(1, max_local_epochs)
-    return space
+    return lr_and_epochs(LR_RANGE, max_local_epochs)
 
 
 # --- rank_collapse -------------------------------------------------------------------------------

@@ -29,3 +29,16 @@ needs_ag_news = pytest.mark.skipif(
     not (AG_NEWS / "train.csv").is_file(),
     reason=f"real AG News not found at {AG_NEWS} (../shared/data is absent on a fresh clone)",
 )
+
+
+def study_configs(study_name: str, profile_name: str, controls: bool = False, **kw):
+    """(cell, space, validated config at the space's lower corner) for every design cell of a profile."""
+    from fedcore.config import make_config
+    from sweeps.studies import get_profile, get_study
+
+    study = get_study(study_name)
+    profile = get_profile(study, profile_name, **kw)
+    for cell in study.cells(profile, controls):
+        space = study.space(cell, profile.max_local_epochs)
+        probe = {k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()}
+        yield cell, space, make_config(profile.base, **study.cell_overrides(cell, profile), **probe, device="cpu")

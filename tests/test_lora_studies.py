@@ -16,15 +16,10 @@ from search_spaces import lora as ls
 from sweeps.launch import main
 from sweeps.report_lora import lora_fair_rows, lora_fair_table, rank_collapse_rows
 from sweeps.studies import get_profile, get_study
+from tests.conftest import study_configs
 
 
-def _configs(study_name: str, profile_name: str, **kw):
-    study = get_study(study_name)
-    profile = get_profile(study, profile_name, **kw)
-    for cell in study.cells(profile, False):
-        space = study.space(cell, profile.max_local_epochs)
-        probe = {k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()}
-        yield cell, space, make_config(profile.base, **study.cell_overrides(cell, profile), **probe, device="cpu")
+_configs = study_configs
 
 
 def test_rank_collapse_cells_cover_methods_by_rank_profile_by_alpha():

@@ -7,25 +7,17 @@ import subprocess
 import sys
 
 import numpy as np
-import optuna
 import pytest
 from PIL import Image
 
-from fedcore.config import make_config
 from search_spaces import fedpurel as pr
 from sweeps.launch import main
 from sweeps.report_priors import fed_lpfm_rows, fed_lpfm_table, fedpurel_rows, fedpurel_table
 from sweeps.studies import get_profile, get_study
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, study_configs
 
 
-def _configs(study_name: str, profile_name: str, controls: bool = False, **kw):
-    study = get_study(study_name)
-    profile = get_profile(study, profile_name, **kw)
-    for cell in study.cells(profile, controls):
-        space = study.space(cell, profile.max_local_epochs)
-        probe = {k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()}
-        yield cell, space, make_config(profile.base, **study.cell_overrides(cell, profile), **probe, device="cpu")
+_configs = study_configs
 
 
 def test_fed_lpfm_cells_cross_methods_alphas_and_teachers_with_the_teacher_row_everywhere(tmp_path):
