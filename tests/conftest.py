@@ -42,3 +42,20 @@ def study_configs(study_name: str, profile_name: str, controls: bool = False, **
         space = study.space(cell, profile.max_local_epochs)
         probe = {k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()}
         yield cell, space, make_config(profile.base, **study.cell_overrides(cell, profile), **probe, device="cpu")
+
+
+def launch_and_report(tmp_path, study: str, cells: str, *extra: str) -> tuple[str, str]:
+    """A real launch of `study` (cells matching `cells`, one tuning and one seed trial each) into an
+    MLflow store under tmp_path, then its report; (launch stdout, report stdout)."""
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run([sys.executable, "-m", "sweeps.launch", study, "--cells", cells, "--num-samples", "1",
+                          "--seeds", "1", "--storage", str(tmp_path), "--tracking-uri", db, *extra],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = subprocess.run([sys.executable, "-m", "sweeps.report", study, "--tracking-uri", db, "--out",
+                          str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    return out.stdout, rep.stdout

@@ -3,8 +3,6 @@ reports, and a real launch + report of each (slow)."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import optuna
@@ -16,7 +14,7 @@ from search_spaces import lora as ls
 from sweeps.launch import main
 from sweeps.report_lora import lora_fair_rows, lora_fair_table, rank_collapse_rows
 from sweeps.studies import get_profile, get_study
-from tests.conftest import study_configs
+from tests.conftest import launch_and_report, study_configs
 
 
 _configs = study_configs
@@ -108,16 +106,7 @@ def test_rank_collapse_rows_average_the_final_energy_over_seeds():
     assert row["energy_outside_shared"][1] == pytest.approx(0.1)
 
 
-def _launch_and_report(tmp_path, study: str, cells: str) -> tuple[str, str]:
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = subprocess.run([sys.executable, "-m", "sweeps.launch", study, "--cells", cells, "--num-samples", "1",
-                          "--seeds", "1", "--storage", str(tmp_path), "--tracking-uri", db],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rep = subprocess.run([sys.executable, "-m", "sweeps.report", study, "--tracking-uri", db, "--out",
-                          str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr[-3000:]
-    return out.stdout, rep.stdout
+_launch_and_report = launch_and_report
 
 
 def _final_metric(tmp_path, study: str, cell: str, key: str) -> float:

@@ -3,8 +3,6 @@ tables against the formula, and a real launch + report of each (slow)."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from search_spaces import fedpurel as pr
 from sweeps.launch import main
 from sweeps.report_priors import fed_lpfm_rows, fed_lpfm_table, fedpurel_rows, fedpurel_table
 from sweeps.studies import get_profile, get_study
-from tests.conftest import SHARED_DATA, study_configs
+from tests.conftest import SHARED_DATA, launch_and_report, study_configs
 
 
 _configs = study_configs
@@ -138,16 +136,7 @@ def test_fedpurel_rows_put_gm_and_pm_side_by_side_with_the_zero_shot_row():
     assert "ag_news-LT, IF 100, beta 1" in table and "69.77" in table  # beside the paper's CIFAR-100-LT row
 
 
-def _launch_and_report(tmp_path, study: str, cells: str, *extra: str) -> tuple[str, str]:
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = subprocess.run([sys.executable, "-m", "sweeps.launch", study, "--cells", cells, "--num-samples", "1",
-                          "--seeds", "1", "--storage", str(tmp_path), "--tracking-uri", db, *extra],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rep = subprocess.run([sys.executable, "-m", "sweeps.report", study, "--tracking-uri", db, "--out",
-                          str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr[-3000:]
-    return out.stdout, rep.stdout
+_launch_and_report = launch_and_report
 
 
 def _final(tmp_path, study: str, cell: str) -> dict[str, float]:
