@@ -163,7 +163,11 @@ def run(quick: bool, flower: bool, log=print) -> tuple[list[Row], dict[str, floa
     if flower:
         from benchmarks.flower_env import flower_python
 
-        python = flower_python(log)
+        try:
+            python = flower_python(log)
+        except (OSError, subprocess.CalledProcessError) as e:  # no registry, no disk: say so, keep the rest
+            rows.append(Row("W1", "flower", note=f"not run: could not create Flower's environment ({e})"))
+            return rows, ratios
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "w1.pt"
             export(fed, data)
