@@ -2,7 +2,8 @@
 
 The only module of fedcore that imports ray. A trial's config is a base run config (nested dict
 under "_base") plus dotted overrides sampled by the search space, e.g.
-{"_base": {...}, "partition.alpha": 0.1, "optimizer.lr": 3e-4}. The trainable
+{"_base": {...}, "partition.alpha": 0.1, "optimizer.lr": 3e-4}; other keys that start with "_" are
+the sweep's own (a trial's design cell and stage) and not part of the run config. The trainable
 
 - reports every metric of DESIGN.md in every round (fedcore.federation carries the last
   evaluation between evaluation rounds),
@@ -25,12 +26,11 @@ from fedcore.local import DivergedError
 from fedcore.methods import METHODS
 
 STATE_FILE = "fedcore_state.pt"
-PRIVATE = ("_base", "_checkpoint_every")
 
 
 def run_config_of(config: dict[str, Any], method: str | None = None) -> RunConfig:
     """The validated RunConfig of a trial's Tune config."""
-    overrides = {k: v for k, v in config.items() if k not in PRIVATE}
+    overrides = {k: v for k, v in config.items() if not k.startswith("_")}
     if method is not None:
         overrides["method.name"] = method
     return make_config(config.get("_base", {}), **overrides)
@@ -62,14 +62,16 @@ def run_trial(config: dict[str, Any], method: str | None = None) -> None:
             tune.report(metrics)
 
 
-def trainable_for(method: str) -> Callable[[dict[str, Any]], None]:
-    if method not in METHODS:
+def trainable_for(method: str | None) -> Callable[[dict[str, Any]], None]:
+    """The trainable of one method, or with None ("fedcore") of whichever method a trial's config
+    names under "method.name": one trainable lets a sweep over several methods reuse its actors."""
+    if method is not None and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(sorted(METHODS))}")
 
     def trainable(config: dict[str, Any]) -> None:
         run_trial(config, method)
 
-    trainable.__name__ = trainable.__qualname__ = method
+    trainable.__name__ = trainable.__qualname__ = method or "fedcore"
     return trainable
 
 

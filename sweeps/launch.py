@@ -7,10 +7,11 @@ the weak), then each cell's best configuration re-run with several seeds; prints
     python -m sweeps.launch fairness_paradox --dry-run --controls  # the plan, nothing runs
     python -m sweeps.launch fairness_paradox --resume              # continue an interrupted launch
 
-Each launch writes its Tune experiments to <storage>/<study>-<profile>-<time>/<cell>-{tune,seeds}
-and opens one MLflow parent run. Ctrl-C stops it with its state saved; the same command with
---resume continues the latest launch of that study, profile and storage: finished trials are not
-run again, interrupted ones continue from their last checkpoint, in the same MLflow runs.
+Each launch is one Tune experiment, <storage>/<study>-<profile>-<time>/trials, whose actors are
+reused from trial to trial (sweeps/schedule.py), and opens one MLflow parent run. Ctrl-C stops it
+with its state saved; the same command with --resume continues the latest launch of that study,
+profile and storage: finished trials are not run again, interrupted ones continue from their last
+checkpoint, in the same MLflow runs.
 
 Every cell's config is validated before Ray starts; a bad study, profile, flag value or data path
 gives one line and exit status 2.
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+
+from sweeps.schedule import CELL, STAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,102 +111,94 @@ def zero_shot_overrides(study, profile) -> dict[str, Any]:
 
 
 class Progress(tune.Callback):
-    """One line per finished trial: its objectives and the best first objective so far."""
+    """One line per finished trial: its cell and stage, objectives, and its cell's best first
+    objective so far."""
 
-    def __init__(self, label: str, rounds: int, objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")):
-        self.label, self.rounds, self.objectives, self.best = label, rounds, objectives, -math.inf
+    def __init__(self, rounds: dict[str, int], objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")):
+        self.rounds, self.objectives, self.best = rounds, objectives, {}
 
     @staticmethod
     def running(trials, trial) -> int:
         return sum(t.status == "RUNNING" and t is not trial for t in trials)
 
+    @staticmethod
+    def label(trial) -> str:
+        return f"{trial.config.get(CELL, '?')} {trial.config.get(STAGE, '?')}"
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        first = r.get(self.objectives[0], math.nan)
+        label, first = self.label(trial), r.get(self.objectives[0], math.nan)
+        best = self.best.get(label, -math.inf)
         if not math.isnan(first):
-            self.best = max(self.best, first)
+            self.best[label] = best = max(best, first)
         if r.get("diverged"):
             status = "diverged"
-        elif r.get("round", 0) < self.rounds:
+        elif r.get("round", 0) < self.rounds.get(trial.config.get(CELL), 0):
             status = f"stopped early at round {int(r.get('round', 0))}"
         else:
             status = "done"
         values = " ".join(f"{SHORT.get(k, k)} {r.get(k, math.nan):.4f}" for k in self.objectives)
-        print(f"  [{self.label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
-              f"so far {self.best:.4f}; {self.running(trials, trial)} running", flush=True)
+        print(f"  [{label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
+              f"so far {best:.4f}; {self.running(trials, trial)} running", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"  [{self.label}] trial {trial.trial_id}: failed (see its error file)", flush=True)
+        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed (see its error file)", flush=True)
 
 
 SHORT = {"worst_client_acc": "worst", "balancedness": "bal", "mean_client_acc": "mean", "global_acc": "acc"}
+TRIALS = "trials"  # the launch's one Tune experiment, under its tune_dir
 
 
-def best_config(grid, rounds: int, objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")) -> dict[str, Any] | None:
-    """The finished trial with the highest first objective (the others break ties)."""
-    finished = [r for r in grid if r.metrics and r.metrics.get("round") == rounds and not r.metrics.get("diverged")]
-    if not finished:
-        return None
-    key = lambda r: tuple(r.metrics.get(k, -1) for k in objectives)  # noqa: E731
-    return max(finished, key=key).config
-
-
-def fit_stage(make_tuner, path: str, trainable, resume: bool, expected: int):
-    """Run one Tune stage, or continue it from `path` when resuming; raise Interrupted when it
-    returns with trials unfinished."""
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = make_tuner()
-    grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < expected:
-        raise Interrupted(path)
-    return grid
-
-
-def run_cell(entry, args, profile, study, resources, parent_run_id: str, tune_dir: str) -> dict[str, Any]:
-    import optuna
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
+def run_trials(entries, args, profile, study, resources, parent_run_id: str, tune_dir: str) -> list[dict[str, Any]]:
+    """Every cell's tuning and seed trials as one Tune experiment whose actors are reused from trial
+    to trial (see sweeps/schedule.py); one result row per cell. Raises Interrupted when it returns
+    with trials unfinished (Ctrl-C), with its state saved for --resume."""
     from fedcore.tune import trainable_for
+    from sweeps.schedule import CellPlan, CellScheduler, CellSearch
     from sweeps.tracking import TrialTracker
 
-    def callbacks(stage: str) -> list:
-        return [Progress(f"{entry['name']} {stage}", rounds, study.objectives),
-                TrialTracker(args.tracking_uri, study.name, parent_run_id, f"{entry['name']}/{stage}",
-                             {**entry["cell"], "name": entry["name"], "stage": stage})]
+    cells = [CellPlan(e["name"], e["overrides"], e["space"], e["overrides"]["rounds"]) for e in entries]
+    rounds = {c.name: c.rounds for c in cells}
+    trainable = tune.with_resources(trainable_for(None), resources)
+    path = f"{tune_dir}/{TRIALS}"
+    if args.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={"_base": profile.base},
+            tune_config=tune.TuneConfig(
+                search_alg=CellSearch(cells, args.num_samples, args.seeds, study.objectives, args.sampler_seed,
+                                      args.max_concurrent),
+                scheduler=CellScheduler(rounds, study.asha_metric, profile.grace_rounds),
+                num_samples=len(cells) * (args.num_samples + args.seeds), reuse_actors=True),
+            run_config=tune.RunConfig(
+                storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
+                callbacks=[Progress(rounds, study.objectives),
+                           TrialTracker(args.tracking_uri, study.name, parent_run_id,
+                                        {e["name"]: {**e["cell"], "name": e["name"]} for e in entries})]))
+    grid = tuner.fit()
+    results = [r for r in grid]
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise Interrupted(path)
+    rows = []
+    for e in entries:
+        mine = [r for r in results if r.config.get(CELL) == e["name"]]
+        tuned = [r for r in mine if r.config.get(STAGE) == "tune"]
+        seeded = [r for r in mine if r.config.get(STAGE) == "seeds"]
+        finished = [r for r in tuned if r.metrics and r.metrics.get("round") == rounds[e["name"]]
+                    and not r.metrics.get("diverged")]
+        if len(tuned) < args.num_samples or (finished and len(seeded) < args.seeds):
+            raise Interrupted(path)  # the searcher had trials left to start
+        if not finished:
+            rows.append({"cell": e["name"], "error": "no trial finished"})
+            continue
+        rows.append(cell_row(e, seeded))
+    return rows
 
-    rounds = entry["overrides"]["rounds"]
-    method = entry["overrides"]["method.name"]
-    trainable = tune.with_resources(trainable_for(method), resources)
-    fixed = {"_base": profile.base, **entry["overrides"]}
-    # Optuna searches both objectives (the Pareto front is kept); ASHA stops on one scalar
-    sampler = optuna.samplers.NSGAIISampler(seed=args.sampler_seed) if len(study.objectives) > 1 \
-        else optuna.samplers.TPESampler(seed=args.sampler_seed)
-    search = OptunaSearch(entry["space"], metric=list(study.objectives), mode=["max"] * len(study.objectives),
-                          sampler=sampler)
-    # time in rounds (not training_iteration), so that ASHA's rungs mean the same after a resume
-    asha = ASHAScheduler(metric=study.asha_metric, mode="max", time_attr="round",
-                         max_t=rounds, grace_period=min(profile.grace_rounds, rounds))
 
-    def run_config(stage: str) -> tune.RunConfig:
-        return tune.RunConfig(storage_path=tune_dir, name=f"{entry['name']}-{stage}", verbose=0,
-                              failure_config=tune.FailureConfig(max_failures=1), callbacks=callbacks(stage))
-
-    tuned = fit_stage(lambda: tune.Tuner(
-        trainable, param_space=fixed,
-        tune_config=tune.TuneConfig(search_alg=search, scheduler=asha, num_samples=args.num_samples,
-                                    max_concurrent_trials=args.max_concurrent),
-        run_config=run_config("tune")), f"{tune_dir}/{entry['name']}-tune", trainable, args.resume, args.num_samples)
-    best = best_config(tuned, rounds, study.objectives)
-    if best is None:
-        return {"cell": entry["name"], "error": "no trial finished"}
-    chosen = {k: v for k, v in best.items() if k in entry["space"]}
-    seeded = fit_stage(lambda: tune.Tuner(
-        trainable, param_space={**fixed, **chosen, "seed": tune.grid_search(list(range(args.seeds)))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
-        run_config=run_config("seeds")), f"{tune_dir}/{entry['name']}-seeds", trainable, args.resume, args.seeds)
+def cell_row(entry, seeded) -> dict[str, Any]:
+    """A cell's table row: the mean and sd over its seed runs' final metrics."""
+    chosen = {k: v for k, v in seeded[0].config.items() if k in entry["space"]}
     finals = [r.metrics for r in seeded if r.metrics and not r.metrics.get("diverged")]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
     for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc"):
@@ -292,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             original.resume, original.address = True, args.address or original.address
             args = original
             study, profile, entries, resources = prepare(args)
+            old = Path(launch.data.tags["tune_dir"])
+            if "://" not in str(old) and not (old / TRIALS).exists() and any(old.glob("*-tune")):
+                raise ValueError(f"--resume: launch {launch.info.run_id} was made by an earlier version (one Tune "
+                                 f"experiment per cell, under {old}), which this one cannot continue; start a new launch")
     except (ValueError, TrackingError) as e:
         return fail(str(e))
     args.tracking_uri = tracking_uri
@@ -307,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from fedcore.tune import register_all
     from sweeps.tracking import end_run, reopen_run, start_parent_run
 
     # Tune's own tables would bury the progress lines below; verbose=0 silences them only with this
@@ -325,12 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(num_cpus=max(2, int(resources["cpu"] * args.max_concurrent)), include_dashboard=False,
                  log_to_driver=False)
-    register_all()
     rows, status = [], "FAILED"
     try:
-        for i, entry in enumerate(entries, 1):
-            print(f"[{i}/{len(entries)}] {entry['name']} ({time.perf_counter() - t0:.0f}s elapsed)", flush=True)
-            rows.append(run_cell(entry, args, profile, study, resources, parent, tune_dir))
+        rows = run_trials(entries, args, profile, study, resources, parent, tune_dir)
         status = "FINISHED"
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"

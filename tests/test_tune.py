@@ -112,3 +112,31 @@ def test_crashed_trial_restores_from_checkpoint_and_matches(tmp_path):
     same_metrics(result.metrics, direct[-1])
     rounds = result.metrics_dataframe["round"].tolist()
     assert rounds[-2:] == [2.0, 3.0] and rounds.count(1.0) == 1  # resumed after round 1, not from scratch
+
+
+def test_one_trainable_for_every_method_and_reused_actors_change_no_result(tmp_path):
+    """A launch runs all its trials through trainable_for(None) with reuse_actors: later trials run
+    in a process that has trained other models and methods before, and must compute exactly what a
+    direct run computes."""
+    from fedcore.tune import trainable_for
+
+    base = {**BASE, "executor": "sequential"}  # `auto` times the executors: its choice may differ by run
+    tuner = tune.Tuner(
+        tune.with_resources(trainable_for(None), {"cpu": 1}),
+        param_space={"_base": base, "_cell": "x", "optimizer.lr": 0.05,
+                     "model.name": tune.grid_search(["textcnn", "tiny-bert"]),
+                     "method.name": tune.grid_search(["fedavg", "fedprox"])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t3", verbose=0),
+    )
+    grid = tuner.fit()
+    assert grid.num_errors == 0 and len(grid) == 4
+    assert len({r.metrics["pid"] for r in grid}) == 1  # one actor ran all four
+    for r in grid:
+        config = {k: v for k, v in r.config.items() if k != "_cell"}
+        direct = direct_history(config, None)
+        assert r.metrics["round"] == 3.0
+        same_metrics(r.metrics, direct[-1])
+    assert trainable_for(None).__name__ == "fedcore"
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        trainable_for("nope")

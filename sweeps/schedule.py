@@ -1,0 +1,193 @@
+"""One Tune experiment for a whole launch: every design cell's tuning trials, then its seed trials.
+
+A launch used to run two Tuners per cell, and each Tuner starts its own trial actors: every trial
+paid a fresh Ray worker's imports and model set-up (seconds), more than a smoke trial's training.
+With one experiment, `reuse_actors` keeps the workers (and their imported libraries) for the
+whole launch. Two pieces make one experiment behave like the per-cell stages:
+
+- `CellSearch` (a Tune Searcher) runs one Optuna search per cell, in cell order, and as soon as a
+  cell's tuning trials have all ended, queues that cell's seed trials with its best configuration.
+- `CellScheduler` gives each cell its own ASHA, so trials are only compared within their cell
+  (cells differ in rounds and objectives' scale); seed trials are never stopped.
+
+Every trial's config names its cell and stage under `_cell` and `_stage` (fedcore.tune ignores
+keys that start with "_").
+"""
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+CELL, STAGE = "_cell", "_stage"
+
+
+@dataclass
+class CellPlan:
+    name: str
+    fixed: dict[str, Any]  # the config every trial of the cell shares
+    space: dict[str, Any]  # Optuna distributions over dotted keys
+    rounds: int
+    # filled in while the launch runs
+    suggested: int = 0
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuning trial id -> its suggested values
+    results: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # tuning trial id -> last result
+    best: dict[str, Any] | None = None  # chosen values of the space's keys
+    seeds_suggested: int = 0
+    settled: bool = False  # tuning over and best chosen (or none finished)
+
+
+def best_trial(results: dict[str, dict[str, Any] | None], rounds: int, objectives: tuple[str, ...]) -> str | None:
+    """The trial that ran all rounds without diverging with the highest first objective (the others
+    break ties; NaN counts as lowest; the first suggested wins a full tie)."""
+    finished = [t for t, r in results.items() if r and r.get("round") == rounds and not r.get("diverged")]
+    if not finished:
+        return None
+
+    def key(t):
+        r = results[t]
+        return tuple(-math.inf if r.get(k) is None or r.get(k) != r.get(k) else r[k] for k in objectives)
+    return max(finished, key=key)
+
+
+class CellSearch(Searcher):
+    """Per-cell Optuna searches, then per-cell seed re-runs, as one stream of suggestions."""
+
+    def __init__(self, cells: list[CellPlan], num_samples: int, seeds: int, objectives: tuple[str, ...],
+                 sampler_seed: int = 0, max_concurrent: int = 2, log: Callable[[str], None] = print):
+        super().__init__(metric=objectives[0], mode="max")
+        import optuna
+
+        self.cells, self.num_samples, self.seeds, self.objectives = cells, num_samples, seeds, objectives
+        self.max_concurrent, self.log, self.t0 = max_concurrent, log, time.perf_counter()
+        self.live: dict[str, tuple[str, str]] = {}  # trial id -> (cell, stage)
+        self.optuna: dict[str, OptunaSearch] = {}
+        for c in cells:
+            # Optuna searches both objectives (the Pareto front is kept); ASHA stops on one scalar
+            sampler = optuna.samplers.NSGAIISampler(seed=sampler_seed) if len(objectives) > 1 \
+                else optuna.samplers.TPESampler(seed=sampler_seed)
+            self.optuna[c.name] = OptunaSearch(c.space, metric=list(objectives), mode=["max"] * len(objectives),
+                                               sampler=sampler)
+
+    # Tune's hooks -------------------------------------------------------------------------------
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # every cell's search has its own objectives
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if len(self.live) >= self.max_concurrent:
+            return None
+        for i, c in enumerate(self.cells):  # a settled cell's seeds go first: its row finishes soonest
+            if c.settled and c.best is not None and c.seeds_suggested < self.seeds:
+                if c.seeds_suggested == 0:
+                    chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.best.items())
+                    self.log(f"[{i + 1}/{len(self.cells)}] {c.name}: seeds with {chosen or 'the fixed config'}")
+                c.seeds_suggested += 1
+                return self._start(trial_id, c, "seeds", {**c.best, "seed": c.seeds_suggested - 1})
+        for i, c in enumerate(self.cells):
+            if c.suggested < self.num_samples:
+                if c.suggested == 0:
+                    self.log(f"[{i + 1}/{len(self.cells)}] {c.name}: tuning ({time.perf_counter() - self.t0:.0f}s elapsed)")
+                c.suggested += 1
+                c.values[trial_id] = self.optuna[c.name].suggest(trial_id)
+                return self._start(trial_id, c, "tune", c.values[trial_id])
+        if not self.live:
+            for c in self.cells:  # a completion Tune never reported (an errored restore) must not hang the launch
+                if not c.settled:
+                    self._settle(c)
+            if any(c.best is not None and c.seeds_suggested < self.seeds for c in self.cells):
+                return self.suggest(trial_id)
+            return Searcher.FINISHED
+        return None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        cell, stage = self.live.get(trial_id, (None, None))
+        if stage == "tune":
+            self.optuna[cell].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.live:
+            return
+        cell, stage = self.live.pop(trial_id)
+        if stage != "tune":
+            return
+        self.optuna[cell].on_trial_complete(trial_id, result=result, error=error)
+        c = self.by_name(cell)
+        c.results[trial_id] = None if error else result
+        if c.suggested >= self.num_samples and len(c.results) >= c.suggested:
+            self._settle(c)
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "log"}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self.t0 = time.perf_counter()
+
+    # --------------------------------------------------------------------------------------------
+    def by_name(self, name: str) -> CellPlan:
+        return next(c for c in self.cells if c.name == name)
+
+    def _start(self, trial_id: str, cell: CellPlan, stage: str, values: dict[str, Any]) -> dict[str, Any]:
+        self.live[trial_id] = (cell.name, stage)
+        return {**cell.fixed, **values, CELL: cell.name, STAGE: stage}
+
+    def _settle(self, c: CellPlan) -> None:
+        best = best_trial(c.results, c.rounds, self.objectives)
+        c.best = None if best is None else dict(c.values[best])
+        c.settled = True
+        if best is None:
+            self.log(f"  {c.name}: no tuning trial finished all {c.rounds} rounds; no seed runs")
+
+
+class CellScheduler(FIFOScheduler):
+    """One ASHA per cell over its tuning trials (by `round`, so that rungs mean the same after a
+    resume); seed trials run to the end."""
+
+    def __init__(self, rounds: dict[str, int], metric: str, grace_rounds: int):
+        super().__init__()
+        self.asha = {name: ASHAScheduler(metric=metric, mode="max", time_attr="round", max_t=r,
+                                         grace_period=min(grace_rounds, r)) for name, r in rounds.items()}
+
+    def _of(self, trial) -> TrialScheduler | None:
+        if trial.config.get(STAGE) != "tune":
+            return None
+        return self.asha.get(trial.config.get(CELL))
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller, trial):
+        if (s := self._of(trial)) is not None:
+            s.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial):
+        if (s := self._of(trial)) is not None:
+            s.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        s = self._of(trial)
+        return TrialScheduler.CONTINUE if s is None else s.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if (s := self._of(trial)) is not None:
+            s.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        if (s := self._of(trial)) is not None:
+            s.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"one ASHA per design cell ({len(self.asha)} cells)"
