@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedcore.data import take
-from fedcore.local import DivergedError, make_optimizer
+from fedcore.local import DivergedError, autocast, make_optimizer
 from fedcore.methods.base import ClientUpdate, Method
 from fedcore.seeds import derive_seed
 
@@ -176,9 +176,10 @@ class BatchedLoRAExecutor:
             all_rows = torch.cat(rows)
             batch = {k: v.to(cfg.device, non_blocking=True) for k, v in take(data.train_inputs, all_rows).items()}
             y = data.train_labels[all_rows].to(cfg.device, non_blocking=True)
-            with routed(self.layers, self.heads, bounds, [w["tensors"] for w in active], [w["scale"] for w in active]):
+            with routed(self.layers, self.heads, bounds, [w["tensors"] for w in active], [w["scale"] for w in active]), \
+                    autocast(cfg.precision, cfg.device):
                 logits = fed.model(batch)
-            losses = [F.cross_entropy(logits[s:e], y[s:e]) for s, e in bounds]
+                losses = [F.cross_entropy(logits[s:e], y[s:e]) for s, e in bounds]
             opt.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
             opt.step()
@@ -202,8 +203,10 @@ def time_step(fed, executor: str, clients: list[int], repeats: int = 2) -> float
             if executor == "sequential":
                 for r in rows:
                     batch = take(data.train_inputs, r)
-                    F.cross_entropy(fed.model({k: v.to(cfg.device) for k, v in batch.items()}),
-                                    data.train_labels[r].to(cfg.device)).backward()
+                    with autocast(cfg.precision, cfg.device):
+                        loss = F.cross_entropy(fed.model({k: v.to(cfg.device) for k, v in batch.items()}),
+                                               data.train_labels[r].to(cfg.device))
+                    loss.backward()
             else:
                 layers, heads = _trainable_modules(fed)
                 ends = np.cumsum([len(r) for r in rows]).tolist()
@@ -211,9 +214,10 @@ def time_step(fed, executor: str, clients: list[int], repeats: int = 2) -> float
                 all_rows = torch.cat(rows)
                 batch = {k: v.to(cfg.device) for k, v in take(data.train_inputs, all_rows).items()}
                 y = data.train_labels[all_rows].to(cfg.device)
-                with routed(layers, heads, bounds, tensors, [1.0] * len(rows)):
+                with routed(layers, heads, bounds, tensors, [1.0] * len(rows)), autocast(cfg.precision, cfg.device):
                     logits = fed.model(batch)
-                torch.stack([F.cross_entropy(logits[s:e], y[s:e]) for s, e in bounds]).sum().backward()
+                    loss = torch.stack([F.cross_entropy(logits[s:e], y[s:e]) for s, e in bounds]).sum()
+                loss.backward()
             if cfg.device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)

@@ -255,6 +255,10 @@ class RunConfig(_Strict):
     # Pin it for bit-for-bit reproducibility across machines: the two differ in rounding and dropout masks
     executor: Literal["auto", "sequential", "batched"] = "auto"
     executor_clients: int | None = Field(None, ge=1)  # batched: at most this many clients per pass
+    # bf16: forward passes (training and evaluation) under torch.autocast in bfloat16; the weights,
+    # their gradients, the optimizer and the aggregation stay float32 (bf16 has float32's range, so no
+    # loss scaling). For GPUs with bf16 tensor cores; on a CPU it is usually slower
+    precision: Literal["fp32", "bf16"] = "fp32"
     cache_dir: str | None = None  # tokenized-tensor cache; None: $FEDCORE_CACHE or ~/.cache/fedcore
 
     @field_validator("device")
@@ -277,6 +281,12 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
+        if self.precision == "bf16" and self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_bf16_supported():
+                raise ValueError(f"precision: bf16 on {torch.cuda.get_device_name(self.device)}, which has no bfloat16 "
+                                 f"support; allowed: fp32")
         pooled_kind, pooled_protocol = self.partition.kind == "pooled", self.eval.protocol == "pooled_local"
         if pooled_kind and not pooled_protocol and "protocol" not in self.eval.model_fields_set:
             # the partition's own test splits (a copy: the default EvalConfig instance is shared)

@@ -74,7 +74,8 @@ class SequentialExecutor:
                                rank=rank, server=fed.server_state, model=fed.model)
             stats = train_local(fed.model, fed.method, ctx, fed.data.train_inputs, fed.data.train_labels, idx,
                                 epochs=cfg.local_epochs, batch_size=cfg.batch_size, ocfg=cfg.optimizer,
-                                generator=gen, device=cfg.device, max_steps=cfg.max_local_steps)
+                                generator=gen, device=cfg.device, max_steps=cfg.max_local_steps,
+                                precision=cfg.precision)
             fed.method.on_local_end(ctx)
             stats.update(ctx.report)
             if ctx.rank is not None:
@@ -111,7 +112,7 @@ class SequentialExecutor:
             train_local(fed.model, PrivateBranch(method), ctx, rows, data.train_labels[idx], np.arange(len(idx)),
                         epochs=method.params.personal_epochs, batch_size=cfg.batch_size, ocfg=ocfg,
                         generator=torch.Generator().manual_seed(seed), device=cfg.device,
-                        max_steps=cfg.max_local_steps)
+                        max_steps=cfg.max_local_steps, precision=cfg.precision)
             held.update({client_key(k, n): p.detach().clone() for n, p in fed.params})
         load_state(fed.params, fed.global_state)
         return held
@@ -156,7 +157,7 @@ def choose_executor(fed):
     lcfg = cfg.model.lora
     key = "|".join(map(str, (cfg.model.name, cfg.model.head, lcfg.resident_rank, cfg.device, device, cfg.batch_size,
                              len(clients), cfg.data.max_len, lcfg.rank_profile, lcfg.ranks, torch.__version__,
-                             torch.get_num_threads())))
+                             torch.get_num_threads(), cfg.precision)))
     path = cache_dir(cfg.cache_dir) / "executor_choice.json"
     try:
         known = json.loads(path.read_text())

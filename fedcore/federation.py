@@ -18,7 +18,7 @@ import torch
 from fedcore.config import RunConfig
 from fedcore.data import FederatedData, load_federated, take
 from fedcore.executors import choose_executor, derive_seed, load_state, snapshot
-from fedcore.local import DivergedError, make_optimizer
+from fedcore.local import DivergedError, autocast, make_optimizer
 from fedcore.methods import get_method
 from fedcore.alignment import tkl
 from fedcore.methods.base import client_state
@@ -163,7 +163,8 @@ class Federation:
         for start in range(0, n, self.cfg.eval.batch_size):
             sel = order[start:start + self.cfg.eval.batch_size]
             batch = {k: v.to(self.cfg.device) for k, v in take(inputs, rows_t[sel]).items()}
-            z = self.model(batch).float().cpu()
+            with autocast(self.cfg.precision, self.cfg.device):
+                z = self.model(batch).float().cpu()
             if out is None:
                 out = torch.empty(n, z.shape[-1])
             out[sel] = z

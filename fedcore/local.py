@@ -14,6 +14,11 @@ class DivergedError(FloatingPointError):
     """The training loss became NaN or inf."""
 
 
+def autocast(precision: str, device: str):
+    """The forward passes' precision context: bfloat16 autocast for "bf16", nothing for "fp32"."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def make_optimizer(ocfg, params: list[torch.nn.Parameter], model: torch.nn.Module | None = None):
     """The client's optimizer. With `model` given, plain SGD (no weight decay) moves its embedding
     tables row-sparsely (fedcore/sparse_rows.py): the same update, bit for bit, at a fraction of the
@@ -39,7 +44,8 @@ def make_optimizer(ocfg, params: list[torch.nn.Parameter], model: torch.nn.Modul
 
 def train_local(model: torch.nn.Module, method: Method, ctx: LocalContext, inputs: dict[str, torch.Tensor],
                 labels: torch.Tensor, idx: np.ndarray, *, epochs: int, batch_size: int, ocfg,
-                generator: torch.Generator, device: str = "cpu", max_steps: int | None = None) -> dict[str, float]:
+                generator: torch.Generator, device: str = "cpu", max_steps: int | None = None,
+                precision: str = "fp32") -> dict[str, float]:
     """Train `model` in place on rows `idx` of the pool; returns the mean loss and step count.
 
     The optimizer is fresh for every client and round (as in the papers' code: no optimizer state
@@ -50,13 +56,14 @@ def train_local(model: torch.nn.Module, method: Method, ctx: LocalContext, input
     plain = type(method).after_backward is Method.after_backward
     opt = make_optimizer(ocfg, [p for _, p in ctx.params if p.requires_grad], model if plain else None)
     try:
-        return _steps(model, method, ctx, opt, inputs, labels, idx, epochs, batch_size, generator, device, max_steps)
+        return _steps(model, method, ctx, opt, inputs, labels, idx, epochs, batch_size, generator, device, max_steps,
+                      precision)
     finally:
         if isinstance(opt, RowSparseSGD):
             opt.close()
 
 
-def _steps(model, method, ctx, opt, inputs, labels, idx, epochs, batch_size, generator, device, max_steps):
+def _steps(model, method, ctx, opt, inputs, labels, idx, epochs, batch_size, generator, device, max_steps, precision):
     fixed = [p for name, p in ctx.params if not method.trains_locally(name)]
     method.on_local_start(ctx)
     idx_t = torch.as_tensor(idx, dtype=torch.long)
@@ -69,7 +76,8 @@ def _steps(model, method, ctx, opt, inputs, labels, idx, epochs, batch_size, gen
             batch = {k: v.to(device, non_blocking=True) for k, v in take(inputs, rows).items()}
             y = labels[rows].to(device, non_blocking=True)
             ctx.batch = batch  # methods that need more than logits and labels (a teacher's logits)
-            loss = method.local_loss(model(batch), y, ctx)
+            with autocast(precision, device):
+                loss = method.local_loss(model(batch), y, ctx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for p in fixed:

@@ -45,6 +45,7 @@ FLAGS = {
     "eval_every": ("eval.every", int, "evaluate every N rounds"),
     "seed": ("seed", int, "trial seed (partition, sampling, local shuffling)"),
     "device": ("device", str, "cpu or cuda"),
+    "precision": ("precision", str, "fp32, or bf16 (autocast forward passes; for GPUs)"),
     "threads": ("torch_threads", int, "torch intra-op threads"),
 }
 
