@@ -64,6 +64,8 @@ class CellSearch(Searcher):
         super().__init__(metric=objectives[0], mode="max")
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell is noise
+
         self.cells, self.num_samples, self.seeds, self.objectives = cells, num_samples, seeds, objectives
         self.max_concurrent, self.log, self.t0 = max_concurrent, log, time.perf_counter()
         self.live: dict[str, tuple[str, str]] = {}  # trial id -> (cell, stage)

@@ -71,7 +71,7 @@ def ag_news_base(data_dir: str | None) -> dict[str, Any]:
 
 FAIRNESS_PROFILES = {
     "smoke": Profile(
-        "smoke", "offline: synthetic topics corpus, MiniLM, 5 clients, 3 rounds; about 6 minutes on 2 CPU cores",
+        "smoke", "offline: synthetic topics corpus, MiniLM, 5 clients, 3 rounds; about 2.5 minutes on 2 CPU cores",
         base={"data": {"source": "synthetic:topics?n=1500&test=200", "max_len": 16},
               "partition": {"num_clients": 5}, "eval": {"protocol": "class_filtered", "batch_size": 128},
               "batch_size": 16, "max_local_steps": 6, "torch_threads": 1},
@@ -111,7 +111,7 @@ _LORA_LOCAL_BASE = {"data": {"source": "hf:ag_news", "max_len": 64, "max_train_s
 
 RANK_COLLAPSE_PROFILES = {
     "smoke": Profile(
-        "smoke", "offline: synthetic topics corpus, MiniLM, 5 clients with ranks 16/8/4/2/1, 3 rounds; about 4 "
+        "smoke", "offline: synthetic topics corpus, MiniLM, 5 clients with ranks 16/8/4/2/1, 3 rounds; about 3 "
         "minutes on 2 CPU cores",
         base={**_LORA_SMOKE_BASE, "model": {"lora": {"rank_levels": [16, 8, 4, 2, 1]}}},
         foundation_model="minilm-l6", alphas=(0.5,), rounds=lambda a: 3, num_samples=2, seeds=2,
@@ -133,7 +133,7 @@ RANK_COLLAPSE_PROFILES = {
 
 LORA_FAIR_PROFILES = {
     "smoke": Profile(
-        "smoke", "offline: synthetic topics corpus, MiniLM + LoRA r 8, 5 clients, alpha 0.5, 3 rounds; about 4 "
+        "smoke", "offline: synthetic topics corpus, MiniLM + LoRA r 8, 5 clients, alpha 0.5, 3 rounds; about 3 "
         "minutes on 2 CPU cores", base=_LORA_SMOKE_BASE,
         foundation_model="minilm-l6", alphas=(0.5,), rounds=lambda a: 3, num_samples=2, seeds=2,
         max_local_epochs=1, grace_rounds=2),
@@ -210,7 +210,7 @@ _SMOKE = {"data": {"max_len": 16}, "partition": {"num_clients": 5}, "eval": {"ba
 FED_LPFM_PROFILES = {
     "smoke": Profile(
         "smoke", "offline: synthetic topics corpus, TextCNN students, MiniLM zero-shot teacher, 5 clients, alpha 0.1 "
-        "and 1, 3 rounds; about 5 minutes on 2 CPU cores",
+        "and 1, 3 rounds; about 1 minute on 2 CPU cores",
         base={**_SMOKE, "eval": {"protocol": "class_filtered", "batch_size": 128}, "max_local_steps": 30},
         foundation_model="minilm-l6", alphas=(0.1, 1.0), rounds=lambda a: 3, num_samples=2, seeds=2,
         max_local_epochs=1, grace_rounds=2,
@@ -242,7 +242,7 @@ _PUREL_SMOKE = {**_SMOKE, "data": {"max_len": 16}, "clients_per_round": 2, "max_
 FEDPUREL_PROFILES = {
     "smoke": Profile(
         "smoke", "offline: long-tailed synthetic topics corpus (imbalance 10), MiniLM with its zero-shot head + "
-        "LoRA, pooled partition of 5 clients (2 a round), beta 1, 3 rounds; about 3 minutes on 2 CPU cores",
+        "LoRA, pooled partition of 5 clients (2 a round), beta 1, 3 rounds; about 2 minutes on 2 CPU cores",
         base=_PUREL_SMOKE, foundation_model="minilm-l6", alphas=(1.0,), rounds=lambda a: 3, num_samples=2, seeds=2,
         max_local_epochs=1, grace_rounds=2, options={"imbalance_factors": (10,)}, datasets=lambda d: _SYNTHETIC_LT),
     "local": Profile(
