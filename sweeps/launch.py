@@ -164,12 +164,13 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
     if args.resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
+        scheduler = CellScheduler(rounds, study.asha_metric, profile.grace_rounds)
         tuner = tune.Tuner(
             trainable, param_space={"_base": profile.base},
             tune_config=tune.TuneConfig(
                 search_alg=CellSearch(cells, args.num_samples, args.seeds, study.objectives, args.sampler_seed,
-                                      args.max_concurrent),
-                scheduler=CellScheduler(rounds, study.asha_metric, profile.grace_rounds),
+                                      args.max_concurrent, scheduler=scheduler),
+                scheduler=scheduler,
                 num_samples=len(cells) * (args.num_samples + args.seeds), reuse_actors=True),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
@@ -177,22 +178,25 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries})]))
     grid = tuner.fit()
-    results = [r for r in grid]
-    if grid.num_terminated + grid.num_errors < len(grid):
+    results = list(grid)
+    mine = {e["name"]: [r for r in results if r.config.get(CELL) == e["name"]] for e in entries}
+    tuned = {n: [r for r in rs if r.config.get(STAGE) == "tune"] for n, rs in mine.items()}
+    # unfinished trials, or tuning trials never started: Ctrl-C (the searcher had trials left)
+    if grid.num_terminated + grid.num_errors < len(grid) or any(len(t) < args.num_samples for t in tuned.values()):
         raise Interrupted(path)
     rows = []
     for e in entries:
-        mine = [r for r in results if r.config.get(CELL) == e["name"]]
-        tuned = [r for r in mine if r.config.get(STAGE) == "tune"]
-        seeded = [r for r in mine if r.config.get(STAGE) == "seeds"]
-        finished = [r for r in tuned if r.metrics and r.metrics.get("round") == rounds[e["name"]]
+        seeded = [r for r in mine[e["name"]] if r.config.get(STAGE) == "seeds"]
+        finished = [r for r in tuned[e["name"]] if r.metrics and r.metrics.get("round") == rounds[e["name"]]
                     and not r.metrics.get("diverged")]
-        if len(tuned) < args.num_samples or (finished and len(seeded) < args.seeds):
-            raise Interrupted(path)  # the searcher had trials left to start
         if not finished:
             rows.append({"cell": e["name"], "error": "no trial finished"})
-            continue
-        rows.append(cell_row(e, seeded))
+        elif not seeded:
+            # the search ended before this cell's seeds: stopped between trials (--resume runs them), or its
+            # only finished tuning trial was an errored one that --resume re-ran after the search had ended
+            rows.append({"cell": e["name"], "error": "no seed runs (see --resume, or launch the cell again with --cells)"})
+        else:
+            rows.append(cell_row(e, seeded))
     return rows
 
 

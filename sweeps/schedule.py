@@ -60,15 +60,20 @@ class CellSearch(Searcher):
     """Per-cell Optuna searches, then per-cell seed re-runs, as one stream of suggestions."""
 
     def __init__(self, cells: list[CellPlan], num_samples: int, seeds: int, objectives: tuple[str, ...],
-                 sampler_seed: int = 0, max_concurrent: int = 2, log: Callable[[str], None] = print):
+                 sampler_seed: int = 0, max_concurrent: int = 2, log: Callable[[str], None] = print,
+                 scheduler: "CellScheduler | None" = None):
         super().__init__(metric=objectives[0], mode="max")
+        # Tune checkpoints searchers but not schedulers: the searcher carries its scheduler's ASHA
+        # rungs, so that after --resume trials are compared with those recorded before the interruption
+        self.scheduler = scheduler
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell is noise
 
         self.cells, self.num_samples, self.seeds, self.objectives = cells, num_samples, seeds, objectives
         self.max_concurrent, self.log, self.t0 = max_concurrent, log, time.perf_counter()
-        self.live: dict[str, tuple[str, str]] = {}  # trial id -> (cell, stage)
+        self.owner: dict[str, tuple[str, str]] = {}  # trial id -> (cell, stage), every trial suggested
+        self.live: dict[str, tuple[str, str]] = {}  # the ones running
         self.optuna: dict[str, OptunaSearch] = {}
         for c in cells:
             # Optuna searches both objectives (the Pareto front is kept); ASHA stops on one scalar
@@ -112,30 +117,42 @@ class CellSearch(Searcher):
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.owner and trial_id not in self.live:
+            self.live[trial_id] = self.owner[trial_id]  # an errored trial that Tune runs again (a retry, a resume)
         cell, stage = self.live.get(trial_id, (None, None))
-        if stage == "tune":
+        if stage == "tune" and trial_id not in self.by_name(cell).results:
             self.optuna[cell].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self.live:
+        if trial_id not in self.owner:
             return
-        cell, stage = self.live.pop(trial_id)
+        self.live.pop(trial_id, None)
+        cell, stage = self.owner[trial_id]
         if stage != "tune":
             return
-        self.optuna[cell].on_trial_complete(trial_id, result=result, error=error)
         c = self.by_name(cell)
-        c.results[trial_id] = None if error else result
-        if c.suggested >= self.num_samples and len(c.results) >= c.suggested:
-            self._settle(c)
+        if trial_id not in c.results:
+            self.optuna[cell].on_trial_complete(trial_id, result=result, error=error)
+        elif error or c.results[trial_id] is not None:
+            return  # nothing new: it ended (or failed) before
+        c.results[trial_id] = None if error else result  # a re-run of an errored trial may finish on resume
+        if c.suggested >= self.num_samples and len(c.results) >= c.suggested and c.seeds_suggested == 0:
+            self._settle(c)  # (again, when a late finish can still change the best before any seed runs)
 
     def save(self, checkpoint_path: str) -> None:
-        state = {k: v for k, v in self.__dict__.items() if k != "log"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("log", "scheduler")}
+        state["asha"] = None if self.scheduler is None else self.scheduler.asha
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            state = pickle.load(f)
+        asha = state.pop("asha", None)
+        self.__dict__.update(state)
+        if asha is not None and self.scheduler is not None:
+            # the restored Tuner's scheduler is this object's (one pickle holds both): refill it in place
+            self.scheduler.asha = asha
         self.t0 = time.perf_counter()
 
     # --------------------------------------------------------------------------------------------
@@ -143,20 +160,24 @@ class CellSearch(Searcher):
         return next(c for c in self.cells if c.name == name)
 
     def _start(self, trial_id: str, cell: CellPlan, stage: str, values: dict[str, Any]) -> dict[str, Any]:
-        self.live[trial_id] = (cell.name, stage)
+        self.live[trial_id] = self.owner[trial_id] = (cell.name, stage)
         return {**cell.fixed, **values, CELL: cell.name, STAGE: stage}
 
     def _settle(self, c: CellPlan) -> None:
         best = best_trial(c.results, c.rounds, self.objectives)
         c.best = None if best is None else dict(c.values[best])
-        c.settled = True
-        if best is None:
+        again, c.settled = c.settled, True
+        if again and best is not None:
+            self.log(f"  {c.name}: a tuning trial re-run after an error finished; best chosen again")
+        elif best is None and not again:
             self.log(f"  {c.name}: no tuning trial finished all {c.rounds} rounds; no seed runs")
 
 
 class CellScheduler(FIFOScheduler):
-    """One ASHA per cell over its tuning trials (by `round`, so that rungs mean the same after a
-    resume); seed trials run to the end."""
+    """One ASHA per cell over its tuning trials; seed trials run to the end.
+
+    Time is `round`, so that a resumed trial's rung milestones are the ones it had; the values
+    recorded at each rung travel in CellSearch's checkpoint (Tune does not checkpoint schedulers)."""
 
     def __init__(self, rounds: dict[str, int], metric: str, grace_rounds: int):
         super().__init__()

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import math
+import numbers
 import shlex
 import subprocess
 import sys
@@ -149,6 +150,18 @@ class TrialTracker(MLflowLoggerCallback):
                          tags={"mlflow.parentRunId": parent_run_id}, save_artifact=False)
         self.cells = cells or {}
 
+    @property
+    def client(self):
+        if getattr(self, "_client", None) is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def __getstate__(self):
+        # the tuner pickles its callbacks; a client (a store with a database engine) stays behind
+        return {**self.__dict__, "_client": None}
+
     def trial_tags(self, trial) -> dict[str, str]:
         from sweeps.schedule import CELL, STAGE
 
@@ -183,11 +196,11 @@ class TrialTracker(MLflowLoggerCallback):
             else:
                 run_id = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
             self._trial_runs[trial] = run_id
-        log_params(self.mlflow_util._get_client(), self._trial_runs[trial], trial.config)
+        log_params(self.client, self._trial_runs[trial], trial.config)
 
     def log_trial_result(self, iteration: int, trial, result: dict):
         step = int(result.get("round") or result.get("training_iteration") or iteration)
-        log_metrics(self.mlflow_util._get_client(), self._trial_runs[trial], result, step)
+        log_metrics(self.client, self._trial_runs[trial], result, step)
 
     def log_trial_end(self, trial, failed: bool = False):
         result = trial.last_result or {}
@@ -206,17 +219,16 @@ class TrialTracker(MLflowLoggerCallback):
 # 0.3 s of the driver per round on a sqlite store, more than a smoke round's training. A batch is one
 # request (MLflow caps a batch at 1000 metrics and 100 params).
 def log_metrics(client, run_id: str, result: dict[str, Any], step: int) -> None:
-    """Every value of `result` that converts to a float (nested dicts flattened with "/"; the trial's
-    config, logged as params, left out) as one metric step."""
+    """Every number in `result` (nested dicts flattened with "/"; the trial's config, logged as params,
+    left out) as one metric step."""
     from mlflow.entities import Metric
 
+    from ray.tune.utils import flatten_dict
+
     now = int(time.time() * 1000)
-    metrics = []
-    for key, value in _flatten({k: v for k, v in result.items() if k != "config"}).items():
-        try:
-            metrics.append(Metric(key, float(value), now, step))
-        except (TypeError, ValueError):
-            continue  # strings (a divergence's reason) are not metrics
+    # numbers only: strings (a divergence's reason, a trial id) are not metrics, even where float() reads them
+    metrics = [Metric(k, float(v), now, step) for k, v in flatten_dict({k: v for k, v in result.items() if k != "config"}).items()
+               if isinstance(v, numbers.Number)]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
@@ -224,20 +236,11 @@ def log_metrics(client, run_id: str, result: dict[str, Any], step: int) -> None:
 def log_params(client, run_id: str, config: dict[str, Any]) -> None:
     """A trial's config (nested dicts flattened with "/") as params."""
     from mlflow.entities import Param
+    from ray.tune.utils import flatten_dict
 
-    params = [Param(k, str(v)) for k, v in _flatten(config).items()]
+    params = [Param(k, str(v)) for k, v in flatten_dict(config).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def write_artifacts(result: dict[str, Any], directory: Path) -> list[Path]:

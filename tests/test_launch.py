@@ -213,3 +213,27 @@ def test_report_adds_the_zero_shot_row_once_per_seed():
     rows = rank_collapse_rows([dict(r, aggregation="raflora") for r in records])
     assert [r["method"] for r in rows] == ["zero_shot", "raflora"]
     assert rows[0]["worst_client_acc"][0] == pytest.approx(0.3) and math.isnan(rows[0]["energy_outside_shared"][0])
+
+
+def test_trial_results_go_to_mlflow_in_batches_numbers_only(tmp_path):
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.tracking import log_metrics, log_params
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run = client.create_run(client.create_experiment("x")).info.run_id
+    result = {"worst_client_acc": 0.25, "gap": np.float32(0.5), "diverged": False, "balancedness": float("nan"),
+              "trial_id": "00001e10", "diverged_reason": "loss became nan", "config": {"optimizer.lr": 0.1},
+              **{f"client_acc/{k}": k / 1000 for k in range(1200)}}  # more than one batch of 1000
+    log_metrics(client, run, result, step=3)
+    metrics = client.get_run(run).data.metrics
+    assert metrics["worst_client_acc"] == 0.25 and metrics["gap"] == 0.5 and metrics["diverged"] == 0.0
+    assert math.isnan(metrics["balancedness"]) and metrics["client_acc/1199"] == 1.199
+    assert "trial_id" not in metrics and "diverged_reason" not in metrics  # "00001e10" reads as a float, but is an id
+    assert not any(k.startswith("config") for k in metrics)
+    assert [m.step for m in client.get_metric_history(run, "gap")] == [3]
+    log_params(client, run, {"_base": {"data": {"max_len": 16}}, "optimizer.lr": 0.1,
+                             **{f"p{i}": i for i in range(150)}})  # more than one batch of 100
+    params = client.get_run(run).data.params
+    assert params["_base/data/max_len"] == "16" and params["optimizer.lr"] == "0.1" and params["p149"] == "149"

@@ -125,3 +125,41 @@ def test_finished_count(seeds):
             continue
         started.append(cfg)
     assert len(started) == 2 * (1 + seeds)
+
+
+def test_an_errored_trial_that_finishes_when_run_again_counts():
+    """Tune runs an errored trial again on --resume (same id): its late finish must choose the best
+    and start the seeds, not be dropped because the trial was no longer running."""
+    search = CellSearch(plans()[:1], num_samples=2, seeds=1, objectives=OBJ, max_concurrent=2, log=lambda m: None)
+    t1, t2 = search.suggest("t1"), search.suggest("t2")
+    search.on_trial_complete("t1", None, error=True)
+    search.on_trial_complete("t2", result(math.nan, diverged=1.0))
+    assert search.cells[0].settled and search.cells[0].best is None
+    search.on_trial_result("t1", result(0.4, rounds=1))  # running again: it counts against the limit
+    assert set(search.live) == {"t1"}
+    search.on_trial_complete("t1", result(0.4))
+    s = search.suggest("s")
+    assert (s[STAGE], s["optimizer.lr"]) == ("seeds", t1["optimizer.lr"])
+    search.on_trial_complete("t1", result(0.9))  # a duplicate completion changes nothing
+    assert search.cells[0].best == {"optimizer.lr": t1["optimizer.lr"]}
+
+
+def test_asha_rungs_survive_a_resume_through_the_searcher_checkpoint(tmp_path):
+    def fresh():
+        sched = CellScheduler({"a": 4, "b": 4}, "worst_client_acc", grace_rounds=1)
+        return sched, CellSearch(plans(), num_samples=3, seeds=1, objectives=OBJ, scheduler=sched)
+
+    def report(sched, t, value):
+        sched.on_trial_add(None, t)
+        return sched.on_trial_result(None, t, {"round": 1.0, "worst_client_acc": value, "training_iteration": 1})
+
+    sched, search = fresh()
+    assert report(sched, trial("a1", "a", "tune"), 0.9) == TrialScheduler.CONTINUE
+    search.save(str(tmp_path / "s.pkl"))
+    cold, _ = fresh()
+    assert report(cold, trial("a2", "a", "tune"), 0.1) == TrialScheduler.CONTINUE  # a fresh ASHA knows no rung
+    sched2, search2 = fresh()
+    search2.restore(str(tmp_path / "s.pkl"))
+    assert search2.scheduler is sched2
+    assert report(sched2, trial("a2", "a", "tune"), 0.1) == TrialScheduler.STOP  # below a1's recorded 0.9
+    assert report(sched2, trial("b1", "b", "tune"), 0.1) == TrialScheduler.CONTINUE  # cell b recorded nothing
