@@ -154,7 +154,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
     to trial (see sweeps/schedule.py); one result row per cell. Raises Interrupted when it returns
     with trials unfinished (Ctrl-C), with its state saved for --resume."""
     from fedcore.tune import trainable_for
-    from sweeps.schedule import CellPlan, CellScheduler, CellSearch
+    from sweeps.schedule import CellPlan, CellScheduler, CellSearch, ran_all_rounds
     from sweeps.tracking import TrialTracker
 
     cells = [CellPlan(e["name"], e["overrides"], e["space"], e["overrides"]["rounds"]) for e in entries]
@@ -187,8 +187,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
     rows = []
     for e in entries:
         seeded = [r for r in mine[e["name"]] if r.config.get(STAGE) == "seeds"]
-        finished = [r for r in tuned[e["name"]] if r.metrics and r.metrics.get("round") == rounds[e["name"]]
-                    and not r.metrics.get("diverged")]
+        finished = [r for r in tuned[e["name"]] if ran_all_rounds(r.metrics, rounds[e["name"]])]
         if not finished:
             rows.append({"cell": e["name"], "error": "no trial finished"})
         elif not seeded:

@@ -43,10 +43,15 @@ class CellPlan:
     settled: bool = False  # tuning over and best chosen (or none finished)
 
 
+def ran_all_rounds(result: dict[str, Any] | None, rounds: int) -> bool:
+    """A tuning trial that can be chosen: it ran every round without diverging (not stopped by ASHA)."""
+    return bool(result) and result.get("round") == rounds and not result.get("diverged")
+
+
 def best_trial(results: dict[str, dict[str, Any] | None], rounds: int, objectives: tuple[str, ...]) -> str | None:
     """The trial that ran all rounds without diverging with the highest first objective (the others
     break ties; NaN counts as lowest; the first suggested wins a full tie)."""
-    finished = [t for t, r in results.items() if r and r.get("round") == rounds and not r.get("diverged")]
+    finished = [t for t, r in results.items() if ran_all_rounds(r, rounds)]
     if not finished:
         return None
 

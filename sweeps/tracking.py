@@ -173,9 +173,7 @@ class TrialTracker(MLflowLoggerCallback):
         return tags
 
     def _existing_run(self, trial, stage: str | None) -> str | None:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = self.client
         exp = client.get_experiment_by_name(self.experiment_name)
         if exp is None:
             return None
@@ -190,9 +188,7 @@ class TrialTracker(MLflowLoggerCallback):
             tags = self.trial_tags(trial)
             run_id = self._existing_run(trial, tags.get("stage"))
             if run_id is not None:
-                from mlflow.tracking import MlflowClient
-
-                MlflowClient(tracking_uri=self.tracking_uri).update_run(run_id, status="RUNNING")
+                self.client.update_run(run_id, status="RUNNING")
             else:
                 run_id = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
             self._trial_runs[trial] = run_id
@@ -207,11 +203,8 @@ class TrialTracker(MLflowLoggerCallback):
         run_id = self._trial_runs.get(trial)
         if run_id is not None and result:
             with tempfile.TemporaryDirectory() as d:
-                from mlflow.tracking import MlflowClient
-
-                client = MlflowClient(tracking_uri=self.tracking_uri)
                 for path in write_artifacts(result, Path(d)):
-                    client.log_artifact(run_id, str(path))
+                    self.client.log_artifact(run_id, str(path))
         super().log_trial_end(trial, failed)
 
 
