@@ -68,8 +68,15 @@ class PartitionConfig(_Strict):
     # pooled: FedPuReL's hierarchical partition of the training pool and test set pooled
     # (fedcore/data/partition.py: coarse label ~ Dir(alpha), class ~ Dir(fine_alpha)); each client's
     # test samples are its local test split (eval.protocol 'pooled_local')
-    kind: Literal["iid", "dirichlet", "domain", "domain_dirichlet", "pooled"] = "dirichlet"
+    # classes: a class split, each client holding `classes_per_client` classes (Fed-LPFM's headline
+    # partition): `class_scheme` even = every class on ceil or floor of K*k/C clients, its samples
+    # split evenly among them; shards = McMahan et al.'s K*k label-sorted shards, k per client.
+    # `alpha` is the Dirichlet kinds' (and pooled's) only; classes_per_client is checked against the
+    # data's class count when the partition is made (1..C, and K*k >= C for even)
+    kind: Literal["iid", "dirichlet", "domain", "domain_dirichlet", "pooled", "classes"] = "dirichlet"
     alpha: float = 0.5
+    classes_per_client: int = Field(2, ge=1)  # classes: classes (even) or shards (shards) per client
+    class_scheme: Literal["even", "shards"] = "even"  # classes: how the classes are handed out
     fine_alpha: float = Field(10.0, gt=0)  # pooled: concentration over the classes of a coarse label
     coarse: list[int] | None = None  # pooled: coarse label of each class (None: each class its own)
     num_clients: int = Field(10, ge=1)
@@ -117,7 +124,16 @@ class LoraConfig(_Strict):
 
     @property
     def heterogeneous(self) -> bool:
-        return self.ranks is not None or self.rank_profile != "homogeneous"
+        """Whether clients can get different ranks (a profile over one level, or a list of equal
+        ranks, gives every client the same one)."""
+        if self.ranks is not None:
+            return len(set(self.ranks)) > 1
+        return self.rank_profile != "homogeneous" and len(set(self.rank_levels)) > 1
+
+    def describe_ranks(self) -> str:
+        if self.ranks is not None:
+            return f"ranks {self.ranks}"
+        return f"rank_profile {self.rank_profile!r} over rank_levels {self.rank_levels}"
 
     @property
     def resident_rank(self) -> int:
@@ -195,6 +211,36 @@ class TeacherConfig(_Strict):
     template: Template = None  # None: "This text is about {}." for text, "a photo of a {}." for CLIP
     scale: float = Field(100.0, gt=0)  # logit scale on the cosine similarities (CLIP's exp(logit_scale))
     max_len: int = Field(64, ge=4, le=4096)  # text teachers: tokens per text
+    # Fed-LPFM's two teacher ablations, both off by default (one zero-shot `name` on every client).
+    # per_client: client k's teacher is drawn (seeded by the partition seed, uniformly, with
+    # replacement) from these names; the rows of client k's training data carry its logits.
+    per_client: list[str] | None = None
+    # finetune_epochs > 0: each client fine-tunes its teacher's head (the class prompt embeddings; the
+    # backbone frozen, on its cached normalised embeddings) on its own local training data, Adam at
+    # finetune_lr in batches of 32, and distils from the fine-tuned head (fedcore/teacher.py).
+    # Either way the zero-shot row (teacher_acc, teacher_*, tkl_to_zero_shot) stays the zero-shot head
+    # of `name` on the test sets: the prior the run is set against.
+    finetune_epochs: int = Field(0, ge=0, le=1000)
+    finetune_lr: float = Field(1e-3, gt=0)
+
+    @field_validator("per_client")
+    @classmethod
+    def _known_teachers(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must name at least one teacher, got []; allowed: a list of zero-shot heads such as "
+                             "['minilm-l6', 'tiny-bert'], or null (the one teacher `name` on every client)")
+        from fedcore.models import check_model_name
+
+        for name in v:
+            check_model_name(name)
+        return v
+
+    @property
+    def per_client_heads(self) -> bool:
+        """Whether clients distil from their own teachers rather than one shared zero-shot head."""
+        return self.per_client is not None or self.finetune_epochs > 0
 
 
 
@@ -328,15 +374,35 @@ class RunConfig(_Strict):
                 max_len=self.data.max_len))
         elif self.teacher is None and METHODS[self.method.name].needs_teacher:
             object.__setattr__(self, "teacher", TeacherConfig())
-        if METHODS[self.method.name].personalizes and self.model.tuning == "lora" and self.model.lora.heterogeneous:
-            raise ValueError(f"model.lora: {self.method.name!r} trains a private branch beside the global one at one "
-                             f"rank; allowed: rank_profile 'homogeneous' and no per-client ranks")
+        method = METHODS[self.method.name]
+        if self.model.tuning == "lora" and self.model.lora.heterogeneous and not method.handles_mixed_ranks:
+            # one rule for every method: a method declares that it rescales factors across ranks
+            able = ", ".join(n for n, m in METHODS.items() if m.handles_mixed_ranks)
+            raise ValueError(f"model.lora: method {self.method.name!r} cannot train clients of different LoRA ranks "
+                             f"({method.mixed_ranks_refusal}); got {self.model.lora.describe_ranks()}; allowed: one "
+                             f"rank for every client (rank_profile 'homogeneous'), or a method that handles mixed "
+                             f"ranks: {able}")
         if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
             raise ValueError(
                 f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "
                 f"is {self.model.tuning!r}; allowed: model.tuning 'lora'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _client_teachers_need_distillation(self) -> "RunConfig":
+        # Fed-LPFM's teacher ablations change only the training rows' teacher logits, which only a
+        # distilling method reads; anywhere else they would build a teacher per client for nothing
+        from fedcore.methods import METHODS
+
+        t = self.teacher
+        if t is None or not t.per_client_heads or getattr(METHODS[self.method.name], "distils_client_teachers", False):
+            return self
+        field, value = (("teacher.per_client", t.per_client) if t.per_client is not None
+                        else ("teacher.finetune_epochs", t.finetune_epochs))
+        able = ", ".join(n for n, m in METHODS.items() if getattr(m, "distils_client_teachers", False))
+        raise ValueError(f"{field}: {value!r} with method {self.method.name!r}, which does not distil per-client "
+                         f"teachers; allowed: {'null' if field == 'teacher.per_client' else '0'}, or method {able}")
 
     @property
     def partition_seed(self) -> int:

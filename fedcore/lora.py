@@ -124,12 +124,21 @@ def for_client(global_state: dict[str, torch.Tensor], rank: int, alpha: float) -
 
 
 def scaled_factor_average(updates, weights: torch.Tensor, alpha: float, r_max: int,
-                          layers: dict[str, tuple[str, str]], fold: str = "sym") -> dict[str, torch.Tensor]:
-    """FedIT-style average of zero-padded factors, each client's scale ratio c_k = s_k / s_max folded
-    into its factors first, so that the client's own product is counted at its true size:
-    fold "sym": A = sum_k w_k sqrt(c_k) A_k, B = sum_k w_k sqrt(c_k) B_k; fold "B": A = sum_k w_k A_k,
-    B = sum_k w_k c_k B_k. Both equal plain averaging at equal ranks; "sym" (the default) keeps A
-    and B on the same footing, so neither factor's average is dominated by the large-scale clients."""
+                          layers: dict[str, tuple[str, str]], fold: str = "B") -> dict[str, torch.Tensor]:
+    """FedIT-style average of zero-padded factors, with each client's scale ratio c_k = s_k / s_max
+    folded into its factors first, so that its product is counted at its true size.
+
+    fold "B" (the default): A = sum_k w_k A_k, B = sum_k w_k c_k B_k. A client that returns what it
+    was sent (B_k = B / c_k, by `for_client`) gives back exactly B and A inside the smallest rank:
+    a round in which no client learns leaves the shared part of the update unchanged (weights
+    summing to one). Rank slots beyond some clients' ranks shrink by the weight of the clients that
+    hold them, in both factors: the rank collapse of zero-padding.
+    fold "sym": both factors times sqrt(c_k). NOT a fixed point with mixed ranks: a no-op round
+    multiplies the shared A by sum_k w_k sqrt(c_k) and B by sum_k w_k / sqrt(c_k), so the shared
+    product grows by their product (> 1 by Cauchy-Schwarz) every round. Kept only as an explicit
+    option for comparison. Both folds are plain averaging at equal ranks."""
+    if fold not in ("B", "sym"):
+        raise ValueError(f"fold {fold!r}; allowed: B, sym")
     s_max = scale(alpha, r_max)
     out = {}
     for a, b in layers.values():
@@ -142,6 +151,55 @@ def scaled_factor_average(updates, weights: torch.Tensor, alpha: float, r_max: i
             acc_b.add_(u.state[b].to(torch.float64), alpha=w * cb)
         out[a], out[b] = acc_a.to(updates[0].state[a].dtype), acc_b.to(updates[0].state[b].dtype)
     return out
+
+
+def slot_weights(updates, weights: torch.Tensor, r_max: int) -> torch.Tensor:
+    """[r_max, K]: for rank slot i, the weights w_k of the clients that hold it (r_k > i) renormalised
+    to sum to one over them; a slot that no client of the round holds has a row of zeros."""
+    ranks = torch.tensor([u.rank or r_max for u in updates])
+    holds = (torch.arange(r_max)[:, None] < ranks[None, :]).to(torch.float64)
+    w = holds * weights.to(torch.float64)[None, :]
+    total = w.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, w / total.clamp_min(1e-300), w)
+
+
+def holder_factor_average(updates, weights: torch.Tensor, alpha: float, r_max: int,
+                          layers: dict[str, tuple[str, str]], current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each rank slot of A and B averaged over the clients that hold it (slot_weights), each client's
+    scale ratio c_k = s_k / s_max folded into its B; a slot no client of the round holds keeps its
+    value in `current` (the global state). Plain averaging at equal ranks. Unlike zero-padding, a
+    slot is not diluted by the clients that lack it: a round in which no client learns hands back
+    every slot, not only those inside the smallest rank."""
+    s_max = scale(alpha, r_max)
+    omega = slot_weights(updates, weights, r_max)  # [r_max, K]
+    held = omega.sum(dim=1) > 0
+    out = {}
+    for a, b in layers.values():
+        acc_a = torch.zeros_like(updates[0].state[a], dtype=torch.float64)
+        acc_b = torch.zeros_like(updates[0].state[b], dtype=torch.float64)
+        for k, u in enumerate(updates):
+            c = client_scale(alpha, u.rank, r_max) / s_max
+            acc_a += omega[:, k, None] * u.state[a].to(torch.float64)
+            acc_b += (c * omega[:, k])[None, :] * u.state[b].to(torch.float64)
+        if not held.all():  # only then is the global state read
+            acc_a[~held] = current[a].to(torch.float64)[~held]
+            acc_b[:, ~held] = current[b].to(torch.float64)[:, ~held]
+        out[a], out[b] = acc_a.to(updates[0].state[a].dtype), acc_b.to(updates[0].state[b].dtype)
+    return out
+
+
+def holder_ideal(updates, weights: torch.Tensor, alpha: float, r_max: int, a: str, b: str,
+                 current: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The update the clients hold, slot by slot: sum_i sum_k omega_ik s_k B_k[:, i] A_k[i, :] with the
+    slot weights of slot_weights, plus s_max B_g[:, i] A_g[i, :] of the global state for a slot no
+    client of the round holds (float64). sum_k w_k s_k B_k A_k at equal ranks."""
+    omega = slot_weights(updates, weights, r_max)
+    held = omega.sum(dim=1) > 0
+    total = sum(product(u.state[a] * omega[:, k, None].to(u.state[a].dtype), u.state[b],
+                        client_scale(alpha, u.rank, r_max)) for k, u in enumerate(updates))
+    if not held.all():
+        total = total + product(current[a][~held], current[b][:, ~held], scale(alpha, r_max))
+    return total
 
 
 def ideal_update(updates, weights: torch.Tensor, alpha: float, r_max: int, a: str, b: str) -> torch.Tensor:

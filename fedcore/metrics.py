@@ -11,7 +11,9 @@ AG News and synthetic:topics): global_acc, balanced_acc (mean class accuracy, wh
 on a balanced set and its balanced counterpart otherwise), class_acc/<c>, balancedness =
 min over classes of class accuracy (worst-class accuracy), balance_ratio = min / max, and
 many_acc / medium_acc / few_acc, the mean class accuracy over classes grouped by their global
-training count (> many_min, few_max < n <= many_min, <= few_max). A group with no class is NaN.
+training count (> many_min, few_max < n <= many_min, <= few_max): the class's count in the whole
+training pool (FederatedData.train_class_counts), not what is left after the local hold-outs. A
+group with no class is NaN.
 
 Domain level, where the data carries domains (LoRA-FAIR's table): domain_acc/<name>, the accuracy
 on the global test set's samples of that domain, and domain_avg_acc, their unweighted mean.
@@ -137,28 +139,35 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) -> dict[str, float]:
     """Rank-collapse and communication metrics of a LoRA round (DESIGN.md, METHODS.md 4.2).
 
-    The global update of layer l is s_max * B_g A_g (the global adapter after aggregation). Its
-    energy inside the smallest client rank (`energy_shared`), outside it, in each partition between
-    consecutive distinct ranks (`energy_partition/<m>`, m = 1 the shared part) and its effective
-    rank, averaged over layers; `energy_outside_shared_layer0` is the first LoRA layer alone. Bytes
-    count LoRA factors up to each client's rank. A method that merges the round's update into the
-    base weights (FLoRA: `frozen_delta/` in its server state) has that merged increment counted as
-    the global update, its fresh adapters being zero."""
+    The global update of layer l is everything the federation has added to its frozen base weight:
+    s_max * B_g A_g (the global adapter after aggregation) plus, for a method that merges updates
+    into the base (FLoRA: `frozen_delta/` in its server state), the deltas merged so far. The same
+    cumulative quantity for every method. Its energy inside the smallest client rank
+    (`energy_shared`), outside it (`energy_outside_shared`), in each partition between consecutive
+    distinct ranks (`energy_partition/<m>`, m = 1 the shared part) and its effective rank, averaged
+    over layers; `energy_outside_shared_layer0` is the first LoRA layer alone.
+    `round_energy_outside_shared` is the same share for this round's increment of the global update
+    (what the round added; for FLoRA the increment it merged). Bytes count LoRA factors up to each
+    client's rank."""
     from fedcore import lora
 
     lcfg = fed.cfg.model.lora
     ranks = sorted({int(r) for r in fed.server_state["ranks"].tolist()})
     s_max = lora.scale(lcfg.alpha, lcfg.resident_rank)
     layers = lora.lora_layers(fed.global_state)
-    fractions, eff = [], []
+
+    def total(state, server, prefix, a, b):
+        delta = lora.product(state[a], state[b], s_max)
+        merged = (server or {}).get(f"frozen_delta/{lora.base_weight_key(prefix)}")
+        return delta if merged is None else delta + merged.to(torch.float64)
+
+    fractions, eff, increments = [], [], []
     for prefix, (a, b) in layers.items():
-        delta = lora.product(fed.global_state[a], fed.global_state[b], s_max)
-        merged = f"frozen_delta/{lora.base_weight_key(prefix)}"
-        if merged in fed.server_state:
-            before = (prev_server or {}).get(merged)
-            delta = delta + fed.server_state[merged].to(torch.float64) - (0 if before is None else before.to(torch.float64))
+        delta = total(fed.global_state, fed.server_state, prefix, a, b)
         fractions.append(lora.energy_fractions(delta, ranks))
         eff.append(lora.effective_rank(delta))
+        step = delta - total(prev_global, prev_server, prefix, a, b)
+        increments.append(lora.energy_fractions(step, ranks[:1])[1])
     out: dict[str, float] = {}
     if fractions:
         f = np.array(fractions)  # layers x (len(ranks) + 1)
@@ -169,6 +178,8 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) 
         for m in range(len(ranks)):
             out[f"energy_partition/{m + 1}"] = float(mean[m])
         out["effective_rank"] = float(np.nanmean(eff)) if not np.isnan(eff).all() else math.nan
+        out["round_energy_outside_shared"] = float(np.nanmean(increments)) if not np.isnan(increments).all() \
+            else math.nan
 
     def sent(state, rank):
         return lora.nbytes(state, {k: rank for k in state if "lora_" in k} if rank else None)

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list_methods:
         for name, m in METHODS.items():
-            print(f"{name}\t{m.summary}")
+            ranks = "mixed LoRA ranks" if m.handles_mixed_ranks else "one LoRA rank"
+            print(f"{name}\t{ranks}\t{m.summary}")
         return 0
     from fedcore.config import ConfigError, load_config
     from fedcore.data import DataSourceError

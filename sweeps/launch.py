@@ -84,7 +84,8 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
             raise ValueError(f"--cells {args.cells!r} matches no cell of {study.name}")
     entries = []
     for cell in cells:
-        overrides = {**study.cell_overrides(cell, profile), "rounds": profile.rounds(cell["alpha"]),
+        # a cell's own rounds (a dataset's, in a profile over several) win over the profile's rule
+        overrides = {"rounds": profile.rounds(cell["alpha"]), **study.cell_overrides(cell, profile),
                      **profile.model_overrides.get(cell["model"], {}), "device": args.device,
                      **zero_shot_overrides(study, profile)}
         space = study.space(cell, profile.max_local_epochs)
@@ -92,11 +93,31 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
         try:
             # a config of this cell must be valid; the device is checked where the trials run (a
             # cluster's head may have no GPU), so the driver validates the rest on the CPU
-            make_config(profile.base, **{**overrides, "device": "cpu"}, **probe)
+            cfg = make_config(profile.base, **{**overrides, "device": "cpu"}, **probe)
         except ConfigError as e:
             raise ValueError(f"cell {study.cell_name(cell)}: {e}") from None
-        entries.append({"cell": cell, "name": study.cell_name(cell), "overrides": overrides, "space": space})
+        entries.append({"cell": cell, "name": study.cell_name(cell), "overrides": overrides, "space": space,
+                        "protocol": protocol(cfg, space)})
     return entries
+
+
+def protocol(cfg, space) -> str:
+    """What every trial of a cell trains with (printed by --dry-run); a key the space tunes reads 'tuned'."""
+    def val(key: str, value: Any) -> str:
+        return "tuned" if key in space else f"{value:g}" if isinstance(value, float) else str(value)
+    o, n = cfg.optimizer, cfg.partition.num_clients
+    steps = f", at most {val('max_local_steps', cfg.max_local_steps)} steps" if cfg.max_local_steps else ""
+    momentum = f" momentum {val('optimizer.momentum', o.momentum)}" if o.name == "sgd" else ""
+    parts = [f"{n} clients ({cfg.partition.kind})", f"{cfg.clients_per_round or n} a round",
+             f"batch {val('batch_size', cfg.batch_size)}",
+             f"local epochs {val('local_epochs', cfg.local_epochs)}{steps}",
+             f"{o.name} lr {val('optimizer.lr', o.lr)}{momentum}"]
+    if cfg.model.tuning == "lora":
+        lora = cfg.model.lora
+        parts.append(f"LoRA r {lora.r} alpha {lora.alpha:g}" if lora.rank_profile == "homogeneous" and not lora.ranks
+                     else f"LoRA ranks {lora.ranks or lora.rank_profile}")
+    parts += [f"{k} {val('method.params.' + k, v)}" for k, v in sorted(cfg.method.params.items())]
+    return ", ".join(parts)
 
 
 def zero_shot_overrides(study, profile) -> dict[str, Any]:
@@ -304,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
           f"objectives {', '.join(study.objectives)}; ASHA on {study.asha_metric}")
     for e in entries:
         print(f"  {e['name']:<28} rounds {e['overrides']['rounds']:>3}  tunes {', '.join(e['space'])}")
+        if args.dry_run:
+            print(f"      {e['protocol']}")
     if args.dry_run:
         return 0
 

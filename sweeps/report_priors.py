@@ -1,9 +1,10 @@
 """Reports of the foundation-model-prior studies, from a launch's seeded re-runs in MLflow.
 
-fed_lpfm: per dataset and student, one row per method (Fed-LPFM once per teacher) and the teachers'
-zero-shot rows; per Dirichlet alpha the balanced test accuracy and the worst-class accuracy
-(balancedness), mean ± sd over seeds; plots of both against alpha. Fed-LPFM's tables were not
-available (METHODS.md 2.3), so no paper numbers are printed beside them.
+fed_lpfm: per dataset and student, one row per method (Fed-LPFM once per teacher and teacher
+ablation) and the teachers' zero-shot rows; per partition level (Dirichlet alpha, class split with k
+classes per client) the balanced test accuracy and the worst-class accuracy (balancedness), mean ±
+sd over seeds; plots of both against the partition. Fed-LPFM's tables were not available
+(METHODS.md 2.3), so no paper numbers are printed beside them.
 fedpurel: a table shaped like FedPuReL's (one block per dataset, imbalance factor and beta; rows
 zero-shot, FedAvg fine-tuning, FedPuReL and its plain-KL ablation; columns All, Many, Medium, Few
 and balancedness of the global model on the balanced test set and of the personalized model on the
@@ -42,64 +43,92 @@ def _stat(records: list[dict], key: str) -> tuple[float, float]:
 
 # --- fed_lpfm --------------------------------------------------------------------------------------
 def _lpfm_label(r: dict[str, Any]) -> str:
-    method = r["aggregation"]
-    return f"fed_lpfm ({_short(r['cell'].get('teacher', '?'))})" if method == "fed_lpfm" else method
+    """The method as the table names it: Fed-LPFM with its teacher (and the teacher ablation, the loss form)."""
+    if r["aggregation"] != "fed_lpfm":
+        return r["aggregation"]
+    cell = r["cell"]
+    variant = cell.get("teacher_variant", "zero_shot")
+    if variant == "per_client":
+        names = [_short(n) for n in str(cell.get("per_client", "")).split("|") if n]
+        teacher = "per-client " + "/".join(names)
+        if len(teacher) > 30:  # four CLIP names do not fit a table column: say how many
+            teacher = f"per-client, {len(names)} teachers"
+    else:
+        teacher = _short(cell.get("teacher", "?")) + (", fine-tuned" if variant == "finetuned" else "")
+    return f"fed_lpfm ({teacher}{', additive' if cell.get('form') == 'additive' else ''})"
+
+
+def _level(r: dict[str, Any]) -> tuple[tuple, str]:
+    """(sort key, column label) of a record's partition: Dirichlet alphas ascending, then class splits."""
+    if r["cell"].get("partition") == "classes":
+        k = int(float(r["cell"].get("classes_per_client", "nan")))
+        return (1, k), f"classes {k}"
+    return (0, r["alpha"]), f"alpha {r['alpha']:g}"
 
 
 def fed_lpfm_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (dataset, student, method label) and per zero-shot teacher, with (acc, bal) per alpha."""
+    """One row per (dataset, student, method label) and per zero-shot teacher, with (acc, bal) per partition
+    level ('alpha 0.1', 'classes 2', ...)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     teachers: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in records:
-        block = (r["cell"].get("dataset", "?"), r["model"])
-        groups[(*block, _lpfm_label(r), r["alpha"])].append(r)
+        block, level = (r["cell"].get("dataset", "?"), r["model"]), _level(r)
+        groups[(*block, _lpfm_label(r), level)].append(r)
         # the teacher's row once per seed (a seed fixes the partition; every cell of it scores the same)
         teachers[(*block, f"zero-shot {_short(r['cell'].get('zero_shot', r['cell'].get('teacher', '?')))}",
-                  r["alpha"])].setdefault(r["seed"], r)
+                  level)].setdefault(r["seed"], r)
     teachers = {k: list(v.values()) for k, v in teachers.items()}
     order = {m: i for i, m in enumerate(LPFM_METHODS)}
     rows: dict[tuple, dict[str, Any]] = {}
-    for (ds, student, label, alpha), rs in list(teachers.items()) + list(groups.items()):
+    for (ds, student, label, (key, name)), rs in list(teachers.items()) + list(groups.items()):
         zero = label.startswith("zero-shot")
         row = rows.setdefault((ds, student, label), {"dataset": ds, "student": student, "method": label,
-                                                    "zero_shot": zero, "alphas": {}})
+                                                    "zero_shot": zero, "levels": {}})
         acc, bal = ("teacher_acc", "teacher_balancedness") if zero else ("global_acc", "balancedness")
-        row["alphas"][alpha] = {"acc": _stat(rs, acc), "bal": _stat(rs, bal), "seeds": len(rs)}
+        row["levels"][name] = {"key": key, "acc": _stat(rs, acc), "bal": _stat(rs, bal), "seeds": len(rs)}
     return sorted(rows.values(), key=lambda r: (r["dataset"], r["student"], not r["zero_shot"],
                                                 order.get(r["method"].split(" ")[0], 99), r["method"]))
 
 
+def _levels(rows: list[dict[str, Any]]) -> list[str]:
+    keys = {name: v["key"] for r in rows for name, v in r["levels"].items()}
+    return sorted(keys, key=keys.get)
+
+
 def fed_lpfm_table(rows: list[dict[str, Any]]) -> str:
-    alphas = sorted({a for r in rows for a in r["alphas"]})
+    levels = _levels(rows)
     lines = []
     for block in dict.fromkeys((r["dataset"], r["student"]) for r in rows):
-        head = f"{'method':<28}" + "".join(f"{f'alpha {a:g}: acc':>16}{'bal':>14}" for a in alphas)
+        head = f"{'method':<40}" + "".join(f"{f'{lv}: acc':>17}{'bal':>14}" for lv in levels)
         lines += [f"{block[0]}, student {_short(block[1])}", head, "-" * len(head)]
         for r in (r for r in rows if (r["dataset"], r["student"]) == block):
-            cells = "".join(f"{_pm(r['alphas'][a]['acc']):>16}{_pm(r['alphas'][a]['bal']):>14}" if a in r["alphas"]
-                            else f"{'-':>16}{'-':>14}" for a in alphas)
-            lines.append(f"{r['method']:<28}{cells}")
+            cells = "".join(f"{_pm(r['levels'][lv]['acc']):>17}{_pm(r['levels'][lv]['bal']):>14}" if lv in r["levels"]
+                            else f"{'-':>17}{'-':>14}" for lv in levels)
+            lines.append(f"{r['method']:<40}{cells}")
         lines.append("")
     lines.append("(percent; global model on the balanced test set, final round, mean ± sd over seeds; bal = "
-                 "balancedness, the worst class's accuracy. Zero-shot rows: the frozen teacher itself. Fed-LPFM's own "
-                 "tables were not available (METHODS.md 2.3): compare the methods with each other and the teacher.)")
+                 "balancedness, the worst class's accuracy. Columns: Dirichlet label skew at alpha, and the class "
+                 "split with k classes per client (partition.kind classes). Zero-shot rows: the frozen teacher "
+                 "itself; a fine-tuned or per-client Fed-LPFM run keeps the first teacher's zero-shot row. Fed-LPFM's "
+                 "own tables were not available (METHODS.md 2.3): compare the methods with each other and the teacher.)")
     return "\n".join(lines)
 
 
-def _plot_vs_alpha(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot_vs_partition(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    levels = _levels(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, r in enumerate(rows):
-        alphas = sorted(r["alphas"])
+        at = [x for x, lv in enumerate(levels) if lv in r["levels"]]
         for ax, key in zip(axes, ("acc", "bal")):
-            ax.errorbar(alphas, [100 * r["alphas"][a][key][0] for a in alphas],
-                        yerr=[100 * r["alphas"][a][key][1] for a in alphas], marker="o", capsize=3,
+            ax.errorbar(at, [100 * r["levels"][levels[x]][key][0] for x in at],
+                        yerr=[100 * r["levels"][levels[x]][key][1] for x in at], marker="o", capsize=3,
                         linestyle="--" if r["zero_shot"] else "-", color=f"C{i % 10}",
                         label=f"{r['method']} ({r['dataset']}, {_short(r['student'])})")
     for ax, title in zip(axes, ("balanced test accuracy (%)", "balancedness: worst-class accuracy (%)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("Dirichlet alpha (smaller = more skewed)")
+        ax.set_xticks(range(len(levels)), levels, fontsize=7)
+        ax.set_xlabel("partition (smaller alpha, fewer classes: more skewed)")
         ax.set_title(title, fontsize=9)
     axes[1].legend(fontsize=6)
     fig.tight_layout()
@@ -109,14 +138,15 @@ def _plot_vs_alpha(rows: list[dict[str, Any]], path: Path) -> None:
 
 def fed_lpfm_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
     rows = fed_lpfm_rows(records)
-    files = [out / "table.csv", out / "accuracy_vs_alpha.png"]
+    files = [out / "table.csv", out / "accuracy_vs_partition.png"]
     with files[0].open("w") as f:
-        f.write("dataset,student,method,alpha,seeds,acc,acc_sd,balancedness,balancedness_sd\n")
+        f.write("dataset,student,method,partition,seeds,acc,acc_sd,balancedness,balancedness_sd\n")
         for r in rows:
-            for a, v in sorted(r["alphas"].items()):
-                f.write(f"{r['dataset']},{r['student']},{r['method']},{a},{v['seeds']},{v['acc'][0]},{v['acc'][1]},"
+            for lv in _levels([r]):
+                v = r["levels"][lv]
+                f.write(f"{r['dataset']},{r['student']},{r['method']},{lv},{v['seeds']},{v['acc'][0]},{v['acc'][1]},"
                         f"{v['bal'][0]},{v['bal'][1]}\n")
-    _plot_vs_alpha(rows, files[1])
+    _plot_vs_partition(rows, files[1])
     return fed_lpfm_table(rows), files
 
 

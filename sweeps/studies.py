@@ -6,6 +6,7 @@ foundation model and the budget. Flags of `python -m sweeps.launch` override pro
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -131,6 +132,40 @@ RANK_COLLAPSE_PROFILES = {
         options={"rank_profiles": ("homogeneous",) + ls.RANK_PROFILES}),
 }
 
+# LoRA-FAIR's datasets, told apart by their domain folders; global rounds per dataset (paper text,
+# "Training Details")
+LORA_FAIR_DOMAINS = {"domainnet": {"clipart", "infograph", "painting", "quickdraw", "real", "sketch"},
+                     "nicopp": {"autumn", "dim", "grass", "outdoor", "rock", "water"}}
+LORA_FAIR_ROUNDS = {"domainnet": 50, "nicopp": 30}
+
+
+def lora_fair_dataset(data_dir: Path) -> str:
+    """Which of LoRA-FAIR's datasets --data-dir holds: the one whose domains its train/ folders are,
+    else the one its name mentions ('nico', 'domainnet'), else DomainNet, said on stderr."""
+    train = data_dir / "train"
+    found = {p.name.lower() for p in train.iterdir() if p.is_dir()} if train.is_dir() else set()
+    for name, domains in LORA_FAIR_DOMAINS.items():
+        if found and found <= domains:
+            return name
+    folder = data_dir.name.lower()
+    for key, name in (("nico", "nicopp"), ("domainnet", "domainnet")):
+        if key in folder:
+            return name
+    print(f"note: --data-dir {data_dir}: its domains ({', '.join(sorted(found)) or 'none'}) are neither DomainNet's "
+          f"nor NICO++'s and its name names neither; running DomainNet's protocol ({LORA_FAIR_ROUNDS['domainnet']} "
+          f"rounds). A folder named like 'nico...' gets NICO++'s {LORA_FAIR_ROUNDS['nicopp']}.", file=sys.stderr)
+    return "domainnet"
+
+
+def lora_fair_datasets(data_dir: str | None) -> dict[str, dict[str, Any]]:
+    """The paper profile's one dataset, from --data-dir: its data sources and its rounds, as dotted overrides."""
+    if data_dir is None:
+        return {}  # get_profile refuses the paper profile without --data-dir before this matters
+    d = Path(data_dir).expanduser().resolve()
+    name = lora_fair_dataset(d)
+    return {name: {**{f"data.{k}": v for k, v in image_dir_base(str(d)).items()}, "rounds": LORA_FAIR_ROUNDS[name]}}
+
+
 LORA_FAIR_PROFILES = {
     "smoke": Profile(
         "smoke", "offline: synthetic topics corpus, MiniLM + LoRA r 8, 5 clients, alpha 0.5, 3 rounds; about 3 "
@@ -143,17 +178,20 @@ LORA_FAIR_PROFILES = {
         foundation_model="minilm-l6", alphas=(0.1, 0.5), rounds=lambda a: 10, num_samples=4, seeds=3,
         max_local_epochs=2, grace_rounds=3),
     "paper": Profile(
-        "paper", "LoRA-FAIR Table 1: ViT-B/16 (timm, pretrained) on DomainNet from --data-dir "
-        "(train|test/<domain>/<class>/), 30 clients (60% a round), feature non-IID and feature + label "
-        "(alpha 0.5), LoRA r 16, GPUs; a stratified 40k/10k-image subset, as each trial holds its decoded "
-        "224px images in memory (about 6 GB)",
-        base={"data": {"max_train_samples": 40000, "max_test_samples": 10000}, "partition": {"num_clients": 30}, "clients_per_round": 18, "batch_size": 32,
+        "paper", "LoRA-FAIR as its paper runs it: ViT-B/16 (timm, pretrained), DomainNet or NICO++ from "
+        "--data-dir (train|test/<domain>/<class>/), Table 1 feature non-IID (6 clients, one per domain, all "
+        "every round, 2 local steps) and Table 2 feature + label non-IID (30 clients, 5 per domain, Dirichlet "
+        "0.5, 18 a round, 5 local steps); batch 128, SGD lr 0.01, LoRA r 16, lambda 0.01; 50 rounds on "
+        "DomainNet, 30 on NICO++; 3 seeds, GPUs; a stratified 40k/10k-image subset, as each trial holds its "
+        "decoded 224px images in memory (about 6 GB)",
+        base={"data": {"max_train_samples": 40000, "max_test_samples": 10000},
               "model": {"lora": {"r": 16, "alpha": 16}}, "eval": {"protocol": "class_filtered", "batch_size": 256},
               "device": "cuda"},
-        foundation_model="timm:vit_base_patch16_224.augreg2_in21k_ft_in1k", alphas=(0.5,), rounds=lambda a: 75,
-        num_samples=6, seeds=3, max_local_epochs=2, grace_rounds=10, gpus_per_trial=0.5,
-        options={"partitions": [("domain", 0.5), ("domain_dirichlet", 0.5)]},
-        data_files=("train", "test"), data_from_dir=image_dir_base),
+        # each cell sets its dataset's rounds (lora_fair_datasets); this is only the fallback
+        foundation_model="timm:vit_base_patch16_224.augreg2_in21k_ft_in1k", alphas=(0.5,),
+        rounds=lambda a: LORA_FAIR_ROUNDS["domainnet"], num_samples=4, seeds=3, max_local_epochs=1,
+        grace_rounds=10, gpus_per_trial=0.5, options={"protocols": ls.PAPER_PROTOCOLS},
+        datasets=lora_fair_datasets, data_files=("train", "test")),
 }
 
 def _meta_names(path: Path) -> list[str]:
@@ -210,30 +248,42 @@ _SMOKE = {"data": {"max_len": 16}, "partition": {"num_clients": 5}, "eval": {"ba
 FED_LPFM_PROFILES = {
     "smoke": Profile(
         "smoke", "offline: synthetic topics corpus, TextCNN students, MiniLM zero-shot teacher, 5 clients, alpha 0.1 "
-        "and 1, 3 rounds; about 1 minute on 2 CPU cores",
+        "and 1, and a 2-classes-per-client split for FedAvg and Fed-LPFM only (10 cells), 3 rounds; about 1.3 "
+        "minutes on 2 CPU cores (the 8 Dirichlet cells took 1)",
         base={**_SMOKE, "eval": {"protocol": "class_filtered", "batch_size": 128}, "max_local_steps": 30},
         foundation_model="minilm-l6", alphas=(0.1, 1.0), rounds=lambda a: 3, num_samples=2, seeds=2,
         max_local_epochs=1, grace_rounds=2,
-        options={"students": ("textcnn",), "teachers": ("minilm-l6",)}, datasets=lambda d: _SYNTHETIC),
+        # the class split adds two cells here (the comparison the paper's headline is about); --controls
+        # adds the teacher ablations, the per-client one drawing from MiniLM and the randomly
+        # initialised tiny-bert, the only other text encoder offline (a plumbing check, not a second prior)
+        options={"students": ("textcnn",), "teachers": ("minilm-l6",), "classes_per_client": lp.CLASSES_PER_CLIENT,
+                 "class_split_methods": ("fedavg", "fed_lpfm"), "per_client_teachers": ("minilm-l6", "tiny-bert"),
+                 "finetune_epochs": 2},
+        datasets=lambda d: _SYNTHETIC),
     "local": Profile(
         "local", "AG News-LT and DBpedia-14-LT (imbalance 10; --data-dir ../shared/data, or the hub), TextCNN "
-        "students, MiniLM teacher, 10 clients, alpha 0.01 to 1",
+        "students, MiniLM teacher, 10 clients, alpha 0.01 to 1 and 2 classes per client",
         base={"data": {"max_len": 64, "max_train_samples": 8000, "max_test_samples": 1000, "long_tail_if": 10},
               "partition": {"num_clients": 10}, "eval": {"protocol": "class_filtered", "batch_size": 256},
               "batch_size": 32, "max_local_steps": 40},
         foundation_model="minilm-l6", alphas=(0.01, 0.1, 1.0), rounds=lambda a: 10, num_samples=3, seeds=3,
-        max_local_epochs=2, grace_rounds=3, options={"students": ("textcnn",), "teachers": ("minilm-l6",)},
+        max_local_epochs=2, grace_rounds=3,
+        # 2 classes for each of 10 clients covers DBpedia's 14 (a class split needs clients x k >= classes)
+        options={"students": ("textcnn",), "teachers": ("minilm-l6",), "classes_per_client": lp.CLASSES_PER_CLIENT,
+                 "per_client_teachers": ("minilm-l6", "tiny-bert")},
         datasets=text_datasets(("ag_news", "dbpedia14"), ag_news={"eval.many_min": 1000, "eval.few_max": 200}),
         data_files=TEXT_DATA_FILES),
     "paper": Profile(
         "paper", "Fed-LPFM's setting: CIFAR-10 from --data-dir, ResNet-18 / MobileNetV2 / EfficientNet-B0 students "
-        "from scratch, CLIP zero-shot teachers (open_clip, pretrained), 10 clients, alpha 0.01 to 1, GPUs",
+        "from scratch, CLIP zero-shot teachers (open_clip, pretrained), 10 clients, alpha 0.01 to 1 and the class "
+        "split (2 classes per client), GPUs",
         base={"partition": {"num_clients": 10}, "eval": {"protocol": "class_filtered", "batch_size": 512},
               "batch_size": 64, "device": "cuda"},
         foundation_model="clip:ViT-B-16/openai", alphas=lp.ALPHAS, rounds=lambda a: 50, num_samples=6, seeds=3,
         max_local_epochs=3, grace_rounds=10, gpus_per_trial=0.25,
         options={"students": ("timm:resnet18", "timm:mobilenetv2_100", "timm:efficientnet_b0"),
-                 "teachers": ("clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai")},
+                 "teachers": ("clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai"),
+                 "classes_per_client": lp.CLASSES_PER_CLIENT},  # --controls: per-client teachers from these four
         datasets=image_datasets("cifar10"), data_files=()),
 }
 
@@ -283,16 +333,16 @@ STUDIES: dict[str, Study] = {
         ls.rank_collapse_overrides, ls.rank_collapse_space, objectives=("worst_client_acc", "mean_client_acc")),
     "lora_fair": Study(
         "lora_fair",
-        "LoRA-FAIR vs FedIT, FFA-LoRA, FLoRA, FlexLoRA at equal budget (lambda and server steps tuned); "
-        "Table-1-shaped report",
+        "LoRA-FAIR vs FedIT, FFA-LoRA, FLoRA, FlexLoRA at equal budget (lambda and server steps tuned; the paper "
+        "profile fixes the paper's protocol per setting); report shaped like its Tables 1 and 2",
         LORA_FAIR_PROFILES, lambda p, controls: ls.lora_fair_cells(p), ls.lora_fair_name,
         ls.lora_fair_overrides, ls.lora_fair_space, objectives=("global_acc", "worst_client_acc"),
         asha_metric="global_acc"),
     "fed_lpfm": Study(
         "fed_lpfm",
         "Fed-LPFM: lightweight students distilling a frozen zero-shot foundation model vs FedAvg, FedProx and FML, "
-        "by Dirichlet alpha and teacher",
-        FED_LPFM_PROFILES, lambda p, controls: lp.cells(p), lp.cell_name, lp.cell_overrides, lp.space,
+        "by partition (Dirichlet alpha, class split) and teacher (--controls adds a fine-tuned and a per-client teacher)",
+        FED_LPFM_PROFILES, lp.cells, lp.cell_name, lp.cell_overrides, lp.space,
         objectives=("global_acc", "balancedness"), asha_metric="global_acc", zero_shot_row=False),  # its cells name their teacher
     "fedpurel": Study(
         "fedpurel",

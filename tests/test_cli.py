@@ -12,8 +12,10 @@ def run(*args, timeout=300):
 def test_list_methods_prints_names_first():
     out = run("--list-methods")
     assert out.returncode == 0
-    names = [line.split("\t")[0] for line in out.stdout.strip().splitlines()]
-    assert names == list(METHODS) and {"fedavg", "fedprox", "fedavgw", "fedit"} <= set(names)
+    rows = [line.split("\t") for line in out.stdout.strip().splitlines()]
+    assert [r[0] for r in rows] == list(METHODS) and {"fedavg", "fedprox", "fedavgw", "fedit"} <= {r[0] for r in rows}
+    ranks = {r[0]: r[1] for r in rows}  # the second column: whether the config accepts mixed ranks
+    assert ranks["fedit"] == "mixed LoRA ranks" and ranks["fedavg"] == ranks["fedpurel"] == "one LoRA rank"
 
 
 def test_bad_config_exits_2_with_one_line():
@@ -63,7 +65,13 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     bad_yaml.write_text("a: [1\n")
     garbage = tmp_path / "ck.pt"
     garbage.write_text("not a state")
+    many = tmp_path / "many.csv"  # 77 distinct string labels
+    many.write_text("text,label\n" + "".join(f"text number {i},tag{i % 77}\n" for i in range(154)))
     cases = [
+        (["--data", f"csv:{many}?class_names=World,Sports,Business,Sci", "--clients", "2", "--rounds", "1"],
+         "class_names: 4 names (World, Sports, Business, Sci) for 77 distinct labels"),
+        (["--model", "minilm-l6", "--method", "fedavg", "--set", "model.lora.ranks=[2,4,8,8,8,8,8,8,8,8]"],
+         "model.lora: method 'fedavg' cannot train clients of different LoRA ranks"),
         (["--set", "noequals"], "--set expects KEY=VALUE"),
         (["--config", str(bad_yaml)], "is not valid YAML"),
         (["--config", str(tmp_path / "missing.yaml")], "does not exist"),

@@ -108,3 +108,24 @@ def test_every_lora_method_learns_ag_news_with_heterogeneous_ranks(method):
           f"outside-shared {last['energy_outside_shared']:.3f}")
     assert last["global_acc"] > 0.5, last  # chance is 0.25
     assert not math.isnan(last["comm_bytes_up"])
+
+
+def test_energy_outside_shared_is_the_cumulative_update_for_flora_too():
+    """FLoRA's adapters restart at zero: its global update is every delta merged into the base so
+    far, as for the other methods' s_max B A; the round's own increment has its own key."""
+    from fedcore import lora
+
+    fed = Federation(tiny("flora", rounds=3))
+    first = fed.run_round()
+    merged_1 = {k: v.clone() for k, v in fed.server_state.items() if k.startswith("frozen_delta/")}
+    second = fed.run_round()
+    ranks = sorted(set(fed.server_state["ranks"].tolist()))
+    total, step = [], []
+    for key, delta in fed.server_state.items():
+        if key.startswith("frozen_delta/"):
+            total.append(lora.energy_fractions(delta, ranks[:1])[1])
+            step.append(lora.energy_fractions(delta - merged_1[key], ranks[:1])[1])
+    assert second["energy_outside_shared"] == pytest.approx(sum(total) / len(total), abs=1e-6)
+    assert second["round_energy_outside_shared"] == pytest.approx(sum(step) / len(step), abs=1e-6)
+    assert first["round_energy_outside_shared"] == pytest.approx(first["energy_outside_shared"], abs=1e-6)
+    assert second["energy_outside_shared"] != pytest.approx(second["round_energy_outside_shared"], abs=1e-4)

@@ -58,16 +58,19 @@ def global_like():
 
 # --- ranks and pure LoRA operations ------------------------------------------------------------
 def test_rank_profiles():
-    lc = make_config({}, **{"model.name": "minilm-l6", "model.lora.rank_profile": "heavy_tail_light"}).model.lora
+    lc = make_config({}, **{"model.name": "minilm-l6", "method.name": "fedit",
+                           "model.lora.rank_profile": "heavy_tail_light"}).model.lora
     ranks = client_ranks(lc, 10, seed=0)
     assert sorted(ranks) == [4, 4, 4, 4, 8, 8, 16, 16, 32, 64] and lc.resident_rank == 64
     assert client_ranks(lc, 10, seed=0) == ranks and client_ranks(lc, 10, seed=1) != ranks
-    strong = make_config({}, **{"model.name": "minilm-l6", "model.lora.rank_profile": "heavy_tail_strong"}).model.lora
+    strong = make_config({}, **{"model.name": "minilm-l6", "method.name": "fedit",
+                           "model.lora.rank_profile": "heavy_tail_strong"}).model.lora
     assert sorted(client_ranks(strong, 10, 0)) == [4, 8, 16, 16, 32, 32, 64, 64, 64, 64]
-    uniform = make_config({}, **{"model.name": "minilm-l6", "model.lora.rank_profile": "uniform",
+    uniform = make_config({}, **{"model.name": "minilm-l6", "method.name": "fedit", "model.lora.rank_profile": "uniform",
                                  "model.lora.rank_levels": [2, 8]}).model.lora
     assert sorted(client_ranks(uniform, 5, 0)) == [2, 2, 8, 8, 8]
-    listed = make_config({}, **{"model.name": "minilm-l6", "partition.num_clients": 3, "model.lora.ranks": [2, 8, 4]})
+    listed = make_config({}, **{"model.name": "minilm-l6", "method.name": "fedit", "partition.num_clients": 3,
+                                "model.lora.ranks": [2, 8, 4]})
     assert client_ranks(listed.model.lora, 3, 0) == [2, 8, 4] and listed.model.lora.resident_rank == 8
     with pytest.raises(ConfigError, match="model.lora.ranks: 2 ranks for 10 clients"):
         make_config({}, **{"model.name": "minilm-l6", "model.lora.ranks": [2, 8]})
@@ -109,9 +112,9 @@ def test_for_client_rescales_b_and_truncates():
 # --- FedIT with heterogeneous ranks ----------------------------------------------------------
 def test_fedit_zero_pads_and_folds_scales():
     new, _ = method("fedit").aggregate(global_like(), server(), UPDATES)
-    c = [math.sqrt(s(u.rank) / s(R_MAX)) for u in UPDATES]  # each client's scale ratio, half on each factor
+    c = [s(u.rank) / s(R_MAX) for u in UPDATES]  # each client's scale ratio, folded into B alone
     want_b = sum(w * ck * u.state[B0].double() for w, ck, u in zip(P.tolist(), c, UPDATES))
-    want_a = sum(w * ck * u.state[A0].double() for w, ck, u in zip(P.tolist(), c, UPDATES))
+    want_a = sum(w * u.state[A0].double() for w, u in zip(P.tolist(), UPDATES))
     torch.testing.assert_close(new[B0].double(), want_b, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(new[A0].double(), want_a, rtol=1e-6, atol=1e-6)
     # one client alone: its product at its own scale is what the global model holds
@@ -170,8 +173,19 @@ def test_ffa_lora_keeps_a_and_aggregates_exactly():
     m = method("ffa_lora")
     new, _ = m.aggregate(g, server(), updates)
     assert torch.equal(new[A0], g[A0]) and torch.equal(new[A1], g[A1])
-    torch.testing.assert_close(s(R_MAX) * new[B0].double() @ new[A0].double(), ideal(A0, B0, updates),
-                               rtol=1e-5, atol=1e-5)
+    # mixed ranks: B's column i is the mean of s_k B_k[:, i] over the clients holding it (r_k > i),
+    # weights n_k renormalised over them; so the product is that mean, slot by slot
+    want = torch.zeros(OUT, R_MAX, dtype=torch.float64)
+    for i in range(R_MAX):
+        hold = [(w, u) for w, u in zip(P.tolist(), updates) if u.rank > i]
+        total = sum(w for w, _ in hold)
+        want[:, i] = sum(w * s(u.rank) * u.state[B0][:, i].double() for w, u in hold) / total
+    torch.testing.assert_close(s(R_MAX) * new[B0].double(), want, rtol=1e-5, atol=1e-5)
+    # at one rank it is plain FedAvg of B, and exactly the average product
+    same = [ClientUpdate(u.client, u.num_samples, {**u.state, A0: g[A0], B0: updates[-1].state[B0] * (k + 1)}, {}, R_MAX)
+            for k, u in enumerate(updates)]
+    eq, _ = m.aggregate(g, server((4, 4, 4)), same)
+    torch.testing.assert_close(s(R_MAX) * eq[B0].double() @ eq[A0].double(), ideal(A0, B0, same), rtol=1e-5, atol=1e-5)
     # locally, through the engine's loop, A gets no step at all (not even AdamW's weight decay)
     from fedcore.config import make_config
     from fedcore.local import train_local
@@ -202,9 +216,11 @@ def test_hetlora_norm_weights_and_truncation():
     torch.testing.assert_close(w, norms / norms.sum())
     m = method("hetlora")
     new, srv = m.aggregate(global_like(), server(), UPDATES)
-    c = [math.sqrt(s(u.rank) / s(R_MAX)) for u in UPDATES]
-    want_a = sum(wk * ck * u.state[A0].double() for wk, ck, u in zip(w.tolist(), c, UPDATES))
+    c = [s(u.rank) / s(R_MAX) for u in UPDATES]  # the scale ratio goes to B (fold "B")
+    want_a = sum(wk * u.state[A0].double() for wk, u in zip(w.tolist(), UPDATES))
+    want_b = sum(wk * ck * u.state[B0].double() for wk, ck, u in zip(w.tolist(), c, UPDATES))
     torch.testing.assert_close(new[A0].double(), want_a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(new[B0].double(), want_b, rtol=1e-6, atol=1e-6)
     got = m.client_start_state(new, srv, 1)  # rank 2: truncated
     assert torch.equal(got[A0][2:], torch.zeros(2, IN)) and torch.equal(got[B0][:, 2:], torch.zeros(OUT, 2))
     torch.testing.assert_close(got[A0][:2], new[A0][:2])
@@ -221,8 +237,11 @@ def test_hetlora_pruning_lowers_the_rank_when_the_pruned_norm_falls():
     assert float(loss) == pytest.approx(math.log(3) + 0.1 * float(pruned_norm(ctx.params, 4, 0.5)))
     with torch.no_grad():
         b[:, 2:] *= 0.5  # the pruned part shrank during the round
+    kept = s(4) * (b[:, :2].detach().double() @ a[:2].detach().double())
     m.on_local_end(ctx)
     assert ctx.rank == 2 and math.isnan(ctx.report["pruned_norm"])
+    # the kept slots' product keeps its value at the new scale alpha / 2: B was multiplied by 2 / 4
+    torch.testing.assert_close(s(2) * (b[:, :2].detach().double() @ a[:2].detach().double()), kept)
     # later rounds compare with where the client ended its previous round (kept by the server)
     ctx2 = LocalContext(2, 0, 10, [(A0, a), (B0, b)], {}, rank=4,
                         server={"pruned_norm": torch.tensor([1e-3, 5.0], dtype=torch.float64)})
@@ -281,7 +300,8 @@ def test_lora_fair_residual_raises_cosine_and_respects_lambda():
     assert float(srv["metric/server_objective_end"]) <= float(srv["metric/server_objective_start"])
     stiff = method("lora_fair", **{"lambda": 100.0, "server_steps": 300, "server_lr": 0.001})
     new, srv = stiff.aggregate(g, server(), UPDATES)
-    plain, _ = method("fedit").aggregate(g, server(), UPDATES)
+    # mixed ranks: each slot averaged over the clients holding it (at one rank: FedIT's average)
+    plain = lora.holder_factor_average(UPDATES, P, ALPHA, R_MAX, lora.lora_layers(g), g)
     torch.testing.assert_close(new[B0], plain[B0], rtol=0, atol=2e-3)  # the residual stays near zero
     assert float(srv["metric/cos_Bprime_Bbar"]) > 0.9999
     assert torch.equal(new[A0], plain[A0])  # A is the plain average
@@ -289,3 +309,30 @@ def test_lora_fair_residual_raises_cosine_and_respects_lambda():
         m = method("lora_fair", **{"lambda": 0.01, "cos_mode": mode, "delta_init": "xavier", "reg": "squared"})
         _, srv = m.aggregate(g, server(), UPDATES)
         assert float(srv["metric/server_objective_end"]) <= float(srv["metric/server_objective_start"])
+
+
+def test_holder_averages_follow_their_formula():
+    """Slot i of A, B and of the ideal update averaged over the clients with r_k > i (weights
+    renormalised over them, c_k = s_k / s_max on B); a slot nobody holds keeps the global's."""
+    g, layers = global_like(), {"enc.0.q.": (A0, B0), "enc.1.v.": (A1, B1)}
+    got = lora.holder_factor_average(UPDATES, P, ALPHA, R_MAX, layers, g)
+    ideal_got = lora.holder_ideal(UPDATES, P, ALPHA, R_MAX, A0, B0, g)
+    want_a, want_b = torch.zeros(R_MAX, IN, dtype=torch.float64), torch.zeros(OUT, R_MAX, dtype=torch.float64)
+    want_ideal = torch.zeros(OUT, IN, dtype=torch.float64)
+    for i in range(R_MAX):
+        hold = [(w, u) for w, u in zip(P.tolist(), UPDATES) if u.rank > i]  # ranks 1, 2, 4
+        total = sum(w for w, _ in hold)
+        want_a[i] = sum(w * u.state[A0][i].double() for w, u in hold) / total
+        want_b[:, i] = sum(w * s(u.rank) / s(R_MAX) * u.state[B0][:, i].double() for w, u in hold) / total
+        want_ideal += sum(w * s(u.rank) * torch.outer(u.state[B0][:, i].double(), u.state[A0][i].double())
+                          for w, u in hold) / total
+    torch.testing.assert_close(got[A0].double(), want_a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[B0].double(), want_b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ideal_got, want_ideal, rtol=1e-6, atol=1e-6)
+    # a cohort of rank-1 clients only: slots 1..3 keep the global's, in the average and the ideal
+    small = [UPDATES[0], client(3, 1, 20, 7)]
+    part = lora.holder_factor_average(small, torch.tensor([0.6, 0.4], dtype=torch.float64), ALPHA, R_MAX, layers, g)
+    assert torch.equal(part[A0][1:], g[A0][1:]) and torch.equal(part[B0][:, 1:], g[B0][:, 1:])
+    part_ideal = lora.holder_ideal(small, torch.tensor([0.6, 0.4], dtype=torch.float64), ALPHA, R_MAX, A0, B0, g)
+    held = sum(w * lora.product(u.state[A0][:1], u.state[B0][:, :1], s(1)) for w, u in zip((0.6, 0.4), small))
+    torch.testing.assert_close(part_ideal - held, lora.product(g[A0][1:], g[B0][:, 1:], s(R_MAX)), rtol=1e-5, atol=1e-6)

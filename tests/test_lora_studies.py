@@ -44,22 +44,75 @@ def test_lora_fair_space_tunes_lambda_log_uniform_and_server_steps_only_for_lora
     # rank heterogeneity as a parameter of any space: every choice is a valid config
     dist = ls.rank_profile_space()["model.lora.rank_profile"]
     for choice in dist.choices:
-        assert make_config({"model": {"name": "minilm-l6"}}, **{"model.lora.rank_profile": choice}).model.lora.heterogeneous
+        # (with a method that rescales across ranks: the config refuses mixed ranks for the others)
+        cfg = make_config({"model": {"name": "minilm-l6"}, "method": {"name": "fedit"}},
+                          **{"model.lora.rank_profile": choice})
+        assert cfg.model.lora.heterogeneous
 
 
-def test_lora_fair_paper_profile_reads_domain_folders_from_data_dir(tmp_path, capsys):
+def _domain_folders(root, domains=("clipart", "real")):
     for split in ("train", "test"):
-        for d in ("clipart", "real"):
-            (tmp_path / split / d / "cat").mkdir(parents=True)
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / split / d / "cat" / "0.png")
+        for d in domains:
+            (root / split / d / "cat").mkdir(parents=True)
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / split / d / "cat" / "0.png")
+    return root
+
+
+# the paper text's two protocols ("Datasets", "Training Details"; METHODS.md 5.4):
+# partition -> (clients, per round, local iterations)
+PAPER = {"domain": (6, 6, 2), "domain_dirichlet": (30, 18, 5)}
+
+
+def test_lora_fair_paper_profile_runs_each_setting_as_the_paper_does(tmp_path, capsys):
+    _domain_folders(tmp_path)
     cells = list(_configs("lora_fair", "paper", data_dir=str(tmp_path)))
-    assert {(c["partition"], c["aggregation"]) for c, _, _ in cells} == {
-        (p, m) for p in ("domain", "domain_dirichlet") for m in ls.LORA_FAIR_METHODS}
-    cfg = cells[0][2]
-    assert cfg.data.source.startswith(f"images:{tmp_path / 'train'}?layout=domain/class")
-    assert cfg.model.name.startswith("timm:vit_base_patch16_224") and cfg.partition.kind == "domain"
+    assert {(c["partition"], c["aggregation"], c["table"], c["dataset"]) for c, _, _ in cells} == {
+        (p, m, t, "domainnet") for p, t in (("domain", 1), ("domain_dirichlet", 2)) for m in ls.LORA_FAIR_METHODS}
+    for cell, space, cfg in cells:
+        clients, per_round, steps = PAPER[cell["partition"]]
+        assert (cfg.partition.kind, cfg.partition.num_clients, cfg.clients_per_round) == (
+            cell["partition"], clients, per_round)
+        assert (cfg.rounds, cfg.batch_size, cfg.max_local_steps) == (50, 128, steps)  # DomainNet: 50 rounds
+        assert cfg.local_epochs >= steps  # epochs never cap the steps, even for a client smaller than a batch
+        assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("sgd", 0.01, 0.0)
+        assert cfg.model.lora.r == 16
+        assert not cfg.model.lora.heterogeneous and cfg.model.tuning == "lora"
+        if cell["partition"] == "domain_dirichlet":
+            assert cfg.partition.alpha == 0.5
+        # what the paper fixes is never tuned away; only SGD's momentum and LoRA-FAIR's server steps are
+        assert set(space) == ({"optimizer.momentum", "method.params.server_steps"} if cell["aggregation"] == "lora_fair"
+                              else {"optimizer.momentum"})
+        assert cfg.method.params.get("lambda") == (0.01 if cell["aggregation"] == "lora_fair" else None)
+        assert cfg.data.source.startswith(f"images:{tmp_path / 'train'}?layout=domain/class")
+        assert cfg.model.name.startswith("timm:vit_base_patch16_224")
     assert main(["lora_fair", "--profile", "paper", "--device", "cpu"]) == 2
-    assert "reads its data from --data-dir" in capsys.readouterr().err
+    assert "reads its images from --data-dir" in capsys.readouterr().err
+
+
+def test_lora_fair_paper_dry_run_prints_both_protocols(tmp_path, capsys):
+    _domain_folders(tmp_path)
+    assert main(["lora_fair", "--profile", "paper", "--data-dir", str(tmp_path), "--device", "cpu", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    protocol = {ln.split()[0]: (ln, lines[i + 1].strip()) for i, ln in enumerate(lines)
+                if ln.startswith("  lora_fair-")}  # a cell's line, then its protocol's
+    cell, detail = protocol["lora_fair-domain-domainnet"]
+    assert "rounds  50" in cell and "tunes optimizer.momentum, method.params.server_steps" in cell
+    assert detail == ("6 clients (domain), 6 a round, batch 128, local epochs 2, at most 2 steps, sgd lr 0.01 "
+                      "momentum tuned, LoRA r 16 alpha 16, lambda 0.01, server_steps tuned")
+    cell, detail = protocol["lora_fair-domain_dirichlet-a0.5-domainnet"]
+    assert "rounds  50" in cell
+    assert detail.startswith("30 clients (domain_dirichlet), 18 a round, batch 128, local epochs 5, at most 5 steps, "
+                             "sgd lr 0.01 momentum tuned, LoRA r 16 alpha 16, lambda 0.01")
+
+
+def test_lora_fair_paper_rounds_follow_the_dataset(tmp_path, capsys):
+    nico = _domain_folders(tmp_path / "a", ("autumn", "rock"))  # NICO++'s contexts: 30 rounds
+    by_name = _domain_folders(tmp_path / "NICO_pp", ("d0", "d1"))  # unknown domains, a NICO++ folder name
+    unknown = _domain_folders(tmp_path / "b", ("d0", "d1"))
+    for root, dataset, rounds in ((nico, "nicopp", 30), (by_name, "nicopp", 30), (unknown, "domainnet", 50)):
+        got = {(c["dataset"], cfg.rounds) for c, _, cfg in _configs("lora_fair", "paper", data_dir=str(root))}
+        assert got == {(dataset, rounds)}
+    assert "neither DomainNet's nor NICO++'s" in capsys.readouterr().err  # the default is said, not silent
 
 
 @pytest.mark.parametrize("study", ["rank_collapse", "lora_fair"])
@@ -67,9 +120,7 @@ def test_lora_fair_paper_profile_reads_domain_folders_from_data_dir(tmp_path, ca
 def test_every_profile_plans(study, profile, tmp_path, capsys):
     extra = ["--device", "cpu"] if profile == "paper" else []
     if study == "lora_fair" and profile == "paper":
-        for split in ("train", "test"):
-            (tmp_path / split / "real" / "cat").mkdir(parents=True)
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / split / "real" / "cat" / "0.png")
+        _domain_folders(tmp_path, ("real",))
         extra += ["--data-dir", str(tmp_path)]
     assert main([study, "--profile", profile, "--dry-run", *extra]) == 0
     out = capsys.readouterr().out
@@ -90,11 +141,42 @@ def test_lora_fair_table_has_a_column_per_domain_and_the_mean_over_seeds():
     rows, domains = lora_fair_rows(recs)
     assert domains == ["clipart", "real"] and [r["method"] for r in rows] == ["fedit", "lora_fair"]
     assert rows[1]["avg"][0] == pytest.approx(0.625) and rows[1]["domain_acc/clipart"][0] == pytest.approx(0.55)
-    assert rows[1]["paper"] == 77.07 and rows[0]["paper"] == 75.75  # METHODS.md 5.5, DomainNet ViT
+    # a domain cell without a dataset tag ran DomainNet: Table 1's averages
+    assert rows[1]["paper"] == 77.07 and rows[0]["paper"] == 75.75
     table = lora_fair_table(rows, domains)
-    assert "feature non-IID (domain)" in table
+    assert "feature non-IID (domain)   [paper column: LoRA-FAIR Table 1 (feature non-IID), DomainNet, ViT-B/16" in table
     line = [ln for ln in table.splitlines() if ln.startswith("lora_fair")][0]
     assert line.split()[1] == "2" and "62.5 ±  3.5" in line and line.endswith("77.07")
+
+
+def test_lora_fair_paper_columns_match_each_cells_setting_and_dataset():
+    """Tags are strings in MLflow: the cells' table and dataset come back as such."""
+    metrics = {"domain_acc/autumn": 0.9, "domain_avg_acc": 0.9, "worst_client_acc": 0.8}
+    recs = [_record(m, 0, metrics, partition=kind, alpha=0.5, table=str(t), dataset=ds)
+            for m in ("ffa_lora", "fedit", "lora_fair") for kind, t in (("domain", 1), ("domain_dirichlet", 2))
+            for ds in ("domainnet", "nicopp")]
+    rows, _ = lora_fair_rows(recs)
+    ref = {(r["setting"], r["method"]): r["paper"] for r in rows}
+    assert ref[("feature non-IID (domain), DomainNet", "lora_fair")] == 77.07
+    assert ref[("feature non-IID (domain), NICO++", "lora_fair")] == 91.24
+    assert ref[("feature non-IID (domain), NICO++", "ffa_lora")] == 90.28
+    assert ref[("feature + label non-IID (alpha 0.5), DomainNet", "lora_fair")] == 74.99
+    assert ref[("feature + label non-IID (alpha 0.5), DomainNet", "fedit")] == 73.89
+    assert ref[("feature + label non-IID (alpha 0.5), NICO++", "lora_fair")] == 90.04
+    assert ref[("feature + label non-IID (alpha 0.5), NICO++", "fedit")] == 89.48
+    assert ref[("feature + label non-IID (alpha 0.5), NICO++", "ffa_lora")] is None  # Table 2: none taken
+    table = lora_fair_table(rows, ["autumn"]).splitlines()
+    t2 = table.index("feature + label non-IID (alpha 0.5), NICO++   [paper column: LoRA-FAIR Table 2 "
+                     "(feature + label non-IID), NICO++, ViT-B/16, Avg]")
+    body = {ln.split()[0]: ln for ln in table[t2 + 3:t2 + 6]}  # fedit, ffa_lora, lora_fair
+    assert table[t2 + 1].endswith("paper T2 Avg") and list(body) == ["fedit", "ffa_lora", "lora_fair"]
+    assert body["ffa_lora"].endswith(" -") and body["fedit"].endswith("89.48") and body["lora_fair"].endswith("90.04")
+    t1 = table.index("feature non-IID (domain), NICO++   [paper column: LoRA-FAIR Table 1 (feature non-IID), "
+                     "NICO++, ViT-B/16, Avg]")
+    assert table[t1 + 1].endswith("paper T1 Avg") and table[t1 + 5].endswith("91.24") and t1 < t2  # Table 1 first
+    # label skew (the smoke and local profiles) has no paper column
+    [row] = lora_fair_rows([_record("fedit", 0, {"global_acc": 0.5}, partition="dirichlet", alpha=0.5)])[0]
+    assert row["paper"] is None and "[no paper column]" in lora_fair_table([row], [])
 
 
 def test_rank_collapse_rows_average_the_final_energy_over_seeds():

@@ -58,3 +58,22 @@ def test_single_class_client_and_absent_test_class():
     assert math.isnan(s["few_acc"]) and math.isnan(s["medium_acc"])
     acc = client_accuracies([preds[labels == 1] == 1])
     assert client_summary(acc)["worst_client_acc"] == 1.0
+
+
+def test_many_medium_few_count_the_whole_training_pool():
+    """DESIGN.md groups classes by their global training count: the pool's, not what the clients
+    train on after their local test hold-outs (which would move a class across a threshold)."""
+    from fedcore.config import make_config
+    from fedcore.data import load_federated
+
+    cfg = make_config({}, **{"data.source": "synthetic:topics?classes=3&n=330&test=60", "model.name": "textcnn",
+                             "partition.num_clients": 3, "partition.local_test_fraction": 0.3})
+    data = load_federated(cfg)
+    pool = np.bincount(data.train_labels.numpy(), minlength=3)
+    used = np.bincount(data.train_labels.numpy()[np.concatenate(data.client_train)], minlength=3)
+    assert data.train_class_counts().tolist() == pool.tolist()
+    assert (used < pool).all()  # the hold-outs are real: the two definitions differ here
+    threshold = int(used.max())  # every class has more than this in the pool, not in training
+    pred = labels = data.test_labels.numpy()
+    groups = class_summary(pred, labels, 3, data.train_class_counts(), many_min=threshold, few_max=1)
+    assert groups["many_acc"] == 1.0 and math.isnan(groups["medium_acc"])

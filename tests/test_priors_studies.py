@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search_spaces import fed_lpfm as lp
 from search_spaces import fedpurel as pr
 from sweeps.launch import main
-from sweeps.report_priors import fed_lpfm_rows, fed_lpfm_table, fedpurel_rows, fedpurel_table
+from sweeps.report_priors import fed_lpfm_report, fed_lpfm_rows, fed_lpfm_table, fedpurel_rows, fedpurel_table
 from sweeps.studies import get_profile, get_study
 from tests.conftest import SHARED_DATA, launch_and_report, study_configs
 
@@ -18,23 +19,63 @@ from tests.conftest import SHARED_DATA, launch_and_report, study_configs
 _configs = study_configs
 
 
-def test_fed_lpfm_cells_cross_methods_alphas_and_teachers_with_the_teacher_row_everywhere(tmp_path):
+def test_fed_lpfm_cells_cross_methods_partitions_and_teachers_with_the_teacher_row_everywhere(tmp_path):
     cells = list(_configs("fed_lpfm", "paper", data_dir=str(_image_dir(tmp_path))))
     methods = {c["aggregation"] for c, _, _ in cells}
     assert methods == {"fedavg", "fedprox", "fml", "fed_lpfm"}
     students = ("timm:resnet18", "timm:mobilenetv2_100", "timm:efficientnet_b0")
     teachers = ("clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai")
-    lpfm = {(c["model"], c["alpha"], c["teacher"]) for c, _, _ in cells if c["aggregation"] == "fed_lpfm"}
-    assert lpfm == {(s, a, t) for s in students for a in (0.01, 0.1, 0.5, 1.0) for t in teachers}
-    assert len(cells) == 3 * 4 * (3 + 4)  # baselines once per student and alpha, Fed-LPFM once per teacher
+    levels = [f"a{a:g}" for a in (0.01, 0.1, 0.5, 1.0)] + ["c2"]  # Dirichlet alphas and the class split
+    lpfm = {(c["model"], lp.partition_label(c), c["teacher"]) for c, _, _ in cells if c["aggregation"] == "fed_lpfm"}
+    assert lpfm == {(s, lv, t) for s in students for lv in levels for t in teachers}
+    assert len(cells) == 3 * 5 * (3 + 4)  # baselines once per student and partition, Fed-LPFM once per teacher
+    assert len({lp.cell_name(c) for c, _, _ in cells}) == len(cells)
     for cell, space, cfg in cells:
         assert cfg.teacher.name == (cell["teacher"] if cell["aggregation"] == "fed_lpfm" else teachers[0])
-        assert cfg.model.init == "random" and cfg.model.tuning == "full" and cfg.partition.alpha == cell["alpha"]
+        assert cfg.teacher.per_client is None and cfg.teacher.finetune_epochs == 0  # the ablations are controls
+        assert cfg.model.init == "random" and cfg.model.tuning == "full"
+        if cell["partition"] == "classes":
+            assert (cfg.partition.kind, cfg.partition.classes_per_client) == ("classes", 2)
+            assert lp.cell_name(cell).split("-")[3] == "c2"
+        else:
+            assert cfg.partition.kind == "dirichlet" and cfg.partition.alpha == cell["alpha"]
         assert ("method.params.mu" in space) == (cell["aggregation"] == "fedprox")
         if cell["aggregation"] == "fed_lpfm":
             lam = space["method.params.lambda"]
-            assert (lam.low, lam.high, lam.log) == (0.1, 2.0, True)
+            assert (lam.low, lam.high, lam.log) == (0.1, 0.9, False)  # the convex form: lambda in [0, 1]
+            assert cfg.method.params["form"] == "convex" and cfg.method.params["lambda"] == 0.1
             assert space["method.params.tau"].choices == (1.0, 2.0, 4.0)
+
+
+def test_fed_lpfm_smoke_adds_two_class_split_cells_and_controls_add_the_teacher_ablations(tmp_path):
+    names = [lp.cell_name(c) for c, _, _ in _configs("fed_lpfm", "smoke")]
+    assert len(names) == 10 and names[-2:] == ["fedavg-textcnn-synthetic-c2", "fed_lpfm-textcnn-synthetic-c2-minilm-l6"]
+    controls = list(_configs("fed_lpfm", "smoke", controls=True))
+    extra = {lp.cell_name(c): cfg for c, _, cfg in controls if lp.cell_name(c) not in names}
+    assert set(extra) == {f"fed_lpfm-textcnn-synthetic-{lv}-{v}" for lv in ("a0.1", "a1", "c2")
+                          for v in ("minilm-l6-ft", "perclient")}
+    for name, cfg in extra.items():
+        assert cfg.teacher.name == "minilm-l6"  # the zero-shot row stays the first teacher's
+        if name.endswith("-ft"):
+            assert (cfg.teacher.finetune_epochs, cfg.teacher.per_client) == (2, None)
+        else:
+            assert (cfg.teacher.finetune_epochs, cfg.teacher.per_client) == (0, ["minilm-l6", "tiny-bert"])
+    paper = [(c, cfg) for c, _, cfg in _configs("fed_lpfm", "paper", controls=True, data_dir=str(_image_dir(tmp_path)))]
+    per_client = [cfg for c, cfg in paper if c["teacher_variant"] == "per_client"]
+    assert len(per_client) == 3 * 5 and all(cfg.teacher.per_client == [
+        "clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai"] for cfg in per_client)
+    assert {cfg.teacher.finetune_epochs for c, cfg in paper if c["teacher_variant"] == "finetuned"} == {lp.FINETUNE_EPOCHS}
+
+
+def test_fed_lpfm_lambda_range_follows_the_loss_form():
+    cell = {"aggregation": "fed_lpfm", "form": "additive"}
+    lam = lp.space(cell)["method.params.lambda"]
+    assert (lam.low, lam.high, lam.log) == (0.1, 2.0, True)
+    lam = lp.space({**cell, "form": "convex"})["method.params.lambda"]
+    assert lam.high <= 1  # every proposal is a valid convex weight
+    base = {"model": "textcnn", "dataset": "synthetic", "partition": "dirichlet", "alpha": 0.1, "teacher": "minilm-l6",
+            "teacher_variant": "zero_shot"}
+    assert lp.cell_name({**base, **cell}) == "fed_lpfm-textcnn-synthetic-a0.1-minilm-l6-additive"
 
 
 def test_fedpurel_cells_and_space_cover_imbalance_heterogeneity_and_the_kl_ablation():
@@ -103,15 +144,57 @@ def _rec(method, seed, metrics, **cell):
 def test_fed_lpfm_rows_average_over_seeds_and_add_the_teacher_row():
     recs = [_rec(m, s, {"global_acc": 0.5 + 0.1 * s + (0.1 if m == "fed_lpfm" else 0), "balancedness": 0.2,
                         "teacher_acc": 0.7, "teacher_balancedness": 0.4},
-                 dataset="ag_news", teacher="minilm-l6" if m == "fed_lpfm" else "-", zero_shot="minilm-l6")
+                 dataset="ag_news", teacher="minilm-l6" if m == "fed_lpfm" else "-", zero_shot="minilm-l6",
+                 partition="dirichlet", teacher_variant="zero_shot" if m == "fed_lpfm" else "-")
             for m in ("fedavg", "fed_lpfm") for s in (0, 1)]
     rows = fed_lpfm_rows(recs)
     assert [r["method"] for r in rows] == ["zero-shot minilm-l6", "fedavg", "fed_lpfm (minilm-l6)"]
-    assert rows[0]["alphas"][0.1]["acc"] == (0.7, 0.0)
-    assert rows[2]["alphas"][0.1]["acc"][0] == pytest.approx(0.65)
-    assert rows[2]["alphas"][0.1]["acc"][1] == pytest.approx(math.sqrt(0.005))
+    assert rows[0]["levels"]["alpha 0.1"]["acc"] == (0.7, 0.0)
+    assert rows[2]["levels"]["alpha 0.1"]["acc"][0] == pytest.approx(0.65)
+    assert rows[2]["levels"]["alpha 0.1"]["acc"][1] == pytest.approx(math.sqrt(0.005))
     line = [ln for ln in fed_lpfm_table(rows).splitlines() if ln.startswith("fed_lpfm (minilm-l6)")][0]
     assert "65.0 ±  7.1" in line and "20.0 ±  0.0" in line
+
+
+def test_fed_lpfm_rows_name_the_partition_and_the_teacher_ablation():
+    def rec(method, seed, acc, **cell):
+        return _rec(method, seed, {"global_acc": acc, "balancedness": acc / 2, "teacher_acc": 0.6,
+                                   "teacher_balancedness": 0.3}, dataset="ag_news", zero_shot="minilm-l6", **cell)
+    split = {"partition": "classes", "classes_per_client": "2", "alpha": 0.0}
+    recs = [rec("fedavg", 0, 0.40, teacher="-", partition="dirichlet", alpha=0.1),
+            rec("fedavg", 0, 0.30, teacher="-", **split),
+            rec("fed_lpfm", 0, 0.55, teacher="minilm-l6", teacher_variant="zero_shot", **split),
+            rec("fed_lpfm", 0, 0.50, teacher="minilm-l6", teacher_variant="finetuned", **split),
+            rec("fed_lpfm", 0, 0.45, teacher="per-client", teacher_variant="per_client",
+                per_client="minilm-l6|tiny-bert", **split)]
+    rows = {r["method"]: r for r in fed_lpfm_rows(recs)}
+    assert set(rows) == {"zero-shot minilm-l6", "fedavg", "fed_lpfm (minilm-l6)", "fed_lpfm (minilm-l6, fine-tuned)",
+                         "fed_lpfm (per-client minilm-l6/tiny-bert)"}
+    assert set(rows["fedavg"]["levels"]) == {"alpha 0.1", "classes 2"}  # one column per partition, not merged
+    assert rows["fedavg"]["levels"]["classes 2"]["acc"] == (0.3, 0.0)
+    assert rows["fed_lpfm (minilm-l6, fine-tuned)"]["levels"]["classes 2"]["acc"] == (0.5, 0.0)
+    table = fed_lpfm_table(list(rows.values()))
+    head = [ln for ln in table.splitlines() if ln.startswith("method")][0]
+    assert head.index("alpha 0.1: acc") < head.index("classes 2: acc")  # Dirichlet levels, then class splits
+    line = [ln for ln in table.splitlines() if ln.startswith("fed_lpfm (minilm-l6, fine-tuned)")][0]
+    # no alpha-0.1 run of this method: dashes there, then the class split's acc and bal
+    assert line.split()[3:] == ["-", "-", "50.0", "±", "0.0", "25.0", "±", "0.0"]
+
+
+def test_fed_lpfm_report_writes_one_csv_row_per_partition_level(tmp_path):
+    recs = [_rec("fedavg", 0, {"global_acc": 0.4, "balancedness": 0.1, "teacher_acc": 0.6, "teacher_balancedness": 0.3},
+                 dataset="ag_news", teacher="-", zero_shot="minilm-l6", partition="dirichlet", alpha=0.1),
+            _rec("fedavg", 0, {"global_acc": 0.3, "balancedness": 0.0, "teacher_acc": 0.6, "teacher_balancedness": 0.3},
+                 dataset="ag_news", teacher="-", zero_shot="minilm-l6", partition="classes", classes_per_client="2",
+                 alpha=0.0)]
+    text, files = fed_lpfm_report(None, None, recs, tmp_path)
+    assert [f.name for f in files] == ["table.csv", "accuracy_vs_partition.png"] and files[1].stat().st_size > 0
+    lines = files[0].read_text().splitlines()
+    assert lines[0].startswith("dataset,student,method,partition,seeds,acc")
+    assert [ln.split(",")[2:5] for ln in lines[1:]] == [["zero-shot minilm-l6", "alpha 0.1", "1"],
+                                                         ["zero-shot minilm-l6", "classes 2", "1"],
+                                                         ["fedavg", "alpha 0.1", "1"], ["fedavg", "classes 2", "1"]]
+    assert "classes 2: acc" in text
 
 
 def test_fedpurel_rows_put_gm_and_pm_side_by_side_with_the_zero_shot_row():

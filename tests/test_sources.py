@@ -120,3 +120,22 @@ def test_empty_headerless_file_is_explained(tmp_path):
     f.write_text("")
     with pytest.raises(DataSourceError, match="is empty"):
         load_source(f"csv:{f}?header=none&text=1&label=0")
+
+
+def test_class_names_must_match_the_labels(tmp_path):
+    """One name per class, for string and integer labels alike; names that are the labels give the
+    ids in their order (not a silent positional rename)."""
+    words = tmp_path / "words.tsv"
+    words.write_text("text\tlabel\n" + "".join(f"t{i}\t{['neg', 'pos', 'neu'][i % 3]}\n" for i in range(9)))
+    with pytest.raises(DataSourceError, match=r"class_names: 2 names \(neg, pos\) for 3 distinct labels "
+                                              r"\(neg, neu, pos\); allowed: exactly 3 names"):
+        load_source(f"tsv:{words}?class_names=neg,pos")
+    ds = load_source(f"tsv:{words}?class_names=pos,neu,neg")
+    assert ds.class_names == ["pos", "neu", "neg"] and ds.train.labels[:3].tolist() == [2, 0, 1]
+    ints = tmp_path / "ints.csv"
+    ints.write_text("text,label\n" + "".join(f"t{i},{i % 14}\n" for i in range(28)))  # 14 classes
+    with pytest.raises(DataSourceError, match=r"class_names: 15 names .* 14 classes; allowed: exactly 14 names"):
+        load_source(f"csv:{ints}?class_names=" + ",".join(f"c{i}" for i in range(15)))
+    with pytest.raises(DataSourceError, match=r"class_names: 13 names"):
+        load_source(f"csv:{ints}?class_names=" + ",".join(f"c{i}" for i in range(13)))
+    assert load_source(f"csv:{ints}?class_names=" + ",".join(f"c{i}" for i in range(14))).num_classes == 14

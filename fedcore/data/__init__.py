@@ -46,9 +46,10 @@ class FederatedData:
         return len(self.client_train)
 
     def train_class_counts(self) -> np.ndarray:
-        """Per-class count of the training samples actually used by clients."""
-        used = np.concatenate(self.client_train) if self.client_train else np.zeros(0, np.int64)
-        return np.bincount(self.train_labels.numpy()[used], minlength=self.num_classes)
+        """Per-class count of the whole training pool (DESIGN.md's "global training count per class",
+        which groups classes into Many/Medium/Few): before the clients' local test hold-outs and
+        dropped clients are taken out, so the groups do not move with the partition or its seed."""
+        return np.bincount(self.train_labels.numpy(), minlength=self.num_classes)
 
 
 def _subset(split: Split, idx: np.ndarray) -> Split:
@@ -135,7 +136,8 @@ def load_federated(cfg) -> FederatedData:
         test_idx = cap_per_client(test_idx, cfg.eval.max_samples_per_client, cfg.partition_seed)
     else:
         part = partition(ds.train.labels, cfg.partition.kind, cfg.partition.num_clients, cfg.partition.alpha,
-                         cfg.partition_seed, cfg.partition.empty_clients, ds.train.domains)
+                         cfg.partition_seed, cfg.partition.empty_clients, ds.train.domains,
+                         cfg.partition.classes_per_client, cfg.partition.class_scheme, len(ds.class_names))
     if cfg.eval.protocol == "pooled_local":
         pass
     elif cfg.eval.protocol == "local_split":
@@ -155,6 +157,8 @@ def load_federated(cfg) -> FederatedData:
 
         tr["teacher_logits"], te["teacher_logits"] = teacher_logits(cfg.teacher, ds.train, ds.test, ds.class_names,
                                                                     ds.kind, cfg.cache_dir)
+        if cfg.teacher.per_client_heads:  # Fed-LPFM's ablations: client k's training rows from its own teacher
+            tr["teacher_logits"] = _client_teachers(cfg, ds, train_idx, part, tr["teacher_logits"])
     return FederatedData(
         name=ds.name, class_names=ds.class_names,
         train_inputs=tr, train_labels=torch.as_tensor(ds.train.labels),
@@ -164,6 +168,22 @@ def load_federated(cfg) -> FederatedData:
         vocab_size=vocab_size, in_features=in_features, synthetic=ds.synthetic, notes=list(ds.notes),
         domain_names=ds.domain_names, train_domains=ds.train.domains, test_domains=ds.test.domains,
     )
+
+
+def _client_teachers(cfg, ds: RawDataset, train_idx: list[np.ndarray], part: Partition,
+                     base: torch.Tensor) -> torch.Tensor:
+    """The pool's teacher logits with each client's training rows from its own teacher (fedcore/teacher.py);
+    which teacher each client got goes into the notes."""
+    from fedcore.teacher import client_teacher_logits, client_teachers
+
+    t = cfg.teacher
+    names = client_teachers(t, cfg.partition.num_clients, cfg.partition_seed)
+    which = (", ".join(f"client {k} {names[k]}" for k in part.client_ids) if t.per_client is not None
+             else f"{t.name} on every client")
+    how = f", each fine-tuned for {t.finetune_epochs} epochs on its client's training data" if t.finetune_epochs else ""
+    ds.notes.append(f"distillation teachers: {which}{how}; the zero-shot row is {t.name}'s")
+    return client_teacher_logits(t, ds.train, ds.test, ds.class_names, ds.kind, train_idx, part.client_ids,
+                                 cfg.partition.num_clients, cfg.partition_seed, base, cfg.cache_dir)
 
 
 def pooled_partition(train_labels: np.ndarray, test_labels: np.ndarray, pcfg, seed: int) -> tuple[Partition, list]:

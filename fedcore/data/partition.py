@@ -1,5 +1,5 @@
-"""Partitioners: IID, Dirichlet label skew, and by domain (feature non-IID, optionally with
-Dirichlet label skew inside each domain), plus client test splits.
+"""Partitioners: IID, Dirichlet label skew, class split (a few classes per client), and by domain
+(feature non-IID, optionally with Dirichlet label skew inside each domain), plus client test splits.
 
 All functions return index arrays into the training pool and are deterministic given the seed.
 """
@@ -41,6 +41,72 @@ def dirichlet_label_skew(labels: np.ndarray, num_clients: int, alpha: float, see
             parts[k].append(idx[start : start + counts[k]])
             start += counts[k]
     return [np.concatenate(p).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def _check_classes_per_client(classes_per_client: int, num_classes: int) -> None:
+    if not 1 <= classes_per_client <= num_classes:
+        raise PartitionError(f"partition.classes_per_client: {classes_per_client} for {num_classes} classes; "
+                             f"allowed: 1..{num_classes}")
+
+
+def assign_classes(num_classes: int, num_clients: int, classes_per_client: int, seed: int) -> list[np.ndarray]:
+    """The classes of each client: client after client, the `classes_per_client` classes held by the
+    fewest clients so far, ties broken by a seeded permutation. So every class has a client as soon
+    as num_clients * classes_per_client >= num_classes (refused otherwise: the samples of a class with
+    no client would be lost), and holder counts differ by at most one across classes."""
+    _check_classes_per_client(classes_per_client, num_classes)
+    if num_clients * classes_per_client < num_classes:
+        need = -(-num_classes // num_clients)
+        raise PartitionError(
+            f"partition.classes_per_client: {classes_per_client} for {num_clients} clients leaves "
+            f"{num_classes - num_clients * classes_per_client} of {num_classes} classes with no client; "
+            f"allowed: {need}..{num_classes} (or more clients)")
+    rng = np.random.default_rng([seed, 0xC1A55])
+    holders = np.zeros(num_classes, np.int64)
+    out = []
+    for _ in range(num_clients):
+        order = rng.permutation(num_classes)
+        picked = np.sort(order[np.argsort(holders[order], kind="stable")[:classes_per_client]])
+        holders[picked] += 1
+        out.append(picked)
+    return out
+
+
+def class_split(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int,
+                num_classes: int | None = None) -> list[np.ndarray]:
+    """Each client holds `classes_per_client` classes (assign_classes); a class's samples, shuffled
+    with the seed, are split evenly among the clients that hold it, in client order: with n_c samples
+    and h holders, the first n_c mod h holders get floor(n_c / h) + 1, the others floor(n_c / h)."""
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    classes = assign_classes(num_classes, num_clients, classes_per_client, seed)
+    rng = np.random.default_rng([seed, 0x5A3E])
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in range(num_classes):
+        members = [k for k in range(num_clients) if c in classes[k]]
+        idx = rng.permutation(np.where(labels == c)[0])
+        for k, rows in zip(members, np.array_split(idx, len(members))):
+            parts[k].append(rows)
+    return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+
+
+def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: int) -> list[np.ndarray]:
+    """McMahan et al. (2017)'s pathological non-IID split: the samples sorted by label (seeded order
+    inside a class), cut into num_clients * shards_per_client contiguous shards of equal size (the
+    first N mod S one sample larger), and each client given `shards_per_client` shards drawn at random.
+    A client mostly holds that many classes; a shard that straddles a class boundary adds one, and two
+    shards of the same class give it fewer."""
+    n_shards = num_clients * shards_per_client
+    if n_shards > len(labels):
+        raise PartitionError(f"partition.classes_per_client: {shards_per_client} shards for each of {num_clients} "
+                             f"clients needs {n_shards} samples, the pool has {len(labels)}; allowed: at most "
+                             f"{len(labels) // num_clients}")
+    rng = np.random.default_rng([seed, 0x5BA2D])
+    shuffled = rng.permutation(len(labels))
+    by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
+    pieces = np.array_split(by_label, n_shards)
+    order = rng.permutation(n_shards)
+    return [np.sort(np.concatenate([pieces[s] for s in order[k * shards_per_client:(k + 1) * shards_per_client]]))
+            .astype(np.int64) for k in range(num_clients)]
 
 
 def iid(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -123,7 +189,10 @@ def pooled_hierarchical(train_labels: np.ndarray, test_labels: np.ndarray, num_c
 
 
 def partition(labels: np.ndarray, kind: str, num_clients: int, alpha: float, seed: int,
-              empty_clients: str = "drop", domains: np.ndarray | None = None) -> Partition:
+              empty_clients: str = "drop", domains: np.ndarray | None = None, classes_per_client: int = 2,
+              class_scheme: str = "even", num_classes: int | None = None) -> Partition:
+    """Partition of the training pool. `alpha` is read by the Dirichlet kinds only, and
+    `classes_per_client`, `class_scheme` and `num_classes` (None: labels.max() + 1) by `classes`."""
     if kind.startswith("domain") and domains is None:
         raise PartitionError(f"partition.kind: {kind!r} needs data with a domain per sample (images:... with "
                              f"layout=domain/class or domains=...); this source has none")
@@ -140,16 +209,31 @@ def partition(labels: np.ndarray, kind: str, num_clients: int, alpha: float, see
         parts = by_domain(labels, domains, num_clients, seed)
     elif kind == "domain_dirichlet":
         parts = by_domain(labels, domains, num_clients, seed, alpha)
+    elif kind == "classes":
+        parts = _classes(labels, num_clients, classes_per_client, class_scheme, seed, num_classes)
     else:
-        raise PartitionError(f"partition.kind: unknown {kind!r}; allowed: iid, dirichlet, domain, domain_dirichlet")
+        raise PartitionError(f"partition.kind: unknown {kind!r}; allowed: iid, dirichlet, domain, domain_dirichlet, "
+                             f"classes")
     dropped = [k for k, p in enumerate(parts) if len(p) == 0]
     if dropped and empty_clients == "error":
+        why = f"classes_per_client={classes_per_client}" if kind == "classes" else f"alpha={alpha}"
         raise PartitionError(
-            f"partition: clients {dropped} received no sample (alpha={alpha}, seed={seed}); "
+            f"partition: clients {dropped} received no sample ({why}, seed={seed}); "
             f"set partition.empty_clients='drop' to run with the others"
         )
     keep = [k for k, p in enumerate(parts) if len(p) > 0]
     return Partition([parts[k] for k in keep], keep, dropped)
+
+
+def _classes(labels: np.ndarray, num_clients: int, classes_per_client: int, scheme: str, seed: int,
+             num_classes: int | None) -> list[np.ndarray]:
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if scheme == "even":
+        return class_split(labels, num_clients, classes_per_client, seed, num_classes)
+    if scheme == "shards":
+        _check_classes_per_client(classes_per_client, num_classes)
+        return shards(labels, num_clients, classes_per_client, seed)
+    raise PartitionError(f"partition.class_scheme: unknown {scheme!r}; allowed: even, shards")
 
 
 def local_split(clients: list[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -285,11 +285,20 @@ def _load_images(target: str, p: dict[str, str]) -> RawDataset:
 
 
 def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Integer ids 0..C-1 and the class names. String labels: ids in the order of `class_names`
+    when it names exactly the labels, else in sorted label order (then `class_names`, if given,
+    renames them in that order). Either way `class_names` must hold one name per class."""
     try:
         ints = np.asarray([int(v) for v in raw], dtype=np.int64) - offset
     except (TypeError, ValueError):
         uniq = sorted({str(v) for v in raw})
-        lookup = {v: i for i, v in enumerate(uniq)}
+        if class_names is not None and len(class_names) != len(uniq):
+            raise DataSourceError(
+                f"class_names: {len(class_names)} names ({_short(class_names)}) for {len(uniq)} distinct labels "
+                f"({_short(uniq)}); allowed: exactly {len(uniq)} names, one per label, or no class_names "
+                f"(the labels themselves become the names)")
+        order = class_names if class_names is not None and set(class_names) == set(uniq) else uniq
+        lookup = {v: i for i, v in enumerate(order)}
         return np.asarray([lookup[str(v)] for v in raw], dtype=np.int64), class_names or uniq
     if len(ints) and ints.min() < 0:
         raise DataSourceError(
@@ -297,9 +306,27 @@ def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None) -> tup
         )
     n = int(ints.max()) + 1 if len(ints) else 0
     names = class_names or [str(i) for i in range(n)]
-    if len(names) < n:
-        raise DataSourceError(f"class_names lists {len(names)} names but labels go up to {n - 1}")
+    if len(names) != n:
+        raise DataSourceError(
+            f"class_names: {len(names)} names ({_short(names)}) but the labels run 0..{n - 1} after label_offset="
+            f"{offset}, {n} classes; allowed: exactly {n} names, one per class id")
     return ints, names
+
+
+def _short(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def _quiet_csv(datasets, path: str, kwargs: dict):
+    """datasets' csv builder without its "Generating train split" progress bar: reading a local file
+    is quick, and the bar would otherwise sit on stderr beside a one-line error."""
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset("csv", data_files=path, split="train", **kwargs)
+    finally:
+        if was:
+            datasets.enable_progress_bars()
 
 
 def _load_delimited(path: str, p: dict[str, str], delimiter: str) -> tuple[Split, list[str]]:
@@ -317,7 +344,7 @@ def _load_delimited(path: str, p: dict[str, str], delimiter: str) -> tuple[Split
         kwargs["column_names"] = [str(i) for i in range(ncols)]
         kwargs["header"] = None
     try:
-        ds = datasets.load_dataset("csv", data_files=path, split="train", **kwargs)
+        ds = _quiet_csv(datasets, path, kwargs)
     except Exception as e:  # datasets wraps pandas errors in several types
         raise DataSourceError(f"could not read {path}: {e}") from None
     text_cols = p.get("text", "text").split(",")
@@ -379,10 +406,17 @@ def _load_hf(name: str, p: dict[str, str]) -> RawDataset:
             raise DataSourceError(f"{name}: no split {wanted!r}; splits are {list(dsd)}")
     feat = dsd[train_name].features[label_col]
     names = list(getattr(feat, "names", None) or [])
-    if p.get("class_names"):
-        names = p["class_names"].split(",")
     train = to_split(dsd[train_name], train_name)
+    n = int(train.labels.max()) + 1 if len(train.labels) else 0
+    if p.get("class_names"):
+        given = p["class_names"].split(",")
+        expected = len(names) or n
+        if len(given) != expected:
+            raise DataSourceError(
+                f"class_names: {len(given)} names ({_short(given)}) but {name} has {expected} classes; allowed: "
+                f"exactly {expected} names, one per class id")
+        names = given
     if not names:
-        names = [str(i) for i in range(int(train.labels.max()) + 1)]
+        names = [str(i) for i in range(n)]
     test = to_split(dsd[test_name], test_name) if test_name in dsd else None
     return RawDataset(name, "text", train, test, names)

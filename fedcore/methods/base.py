@@ -56,6 +56,14 @@ class Method:
     # a second, private set of the trainable tensors per client, trained after aggregation on top of
     # the frozen global model and evaluated as global + private logits (FedPuReL's stage 2)
     personalizes: ClassVar[bool] = False
+    # Clients of different LoRA ranks in one r_max model: a method that handles them hands each client
+    # the global factors rescaled to its scale alpha / r_k and aggregates scaled products
+    # (methods/lora_common.py), with the shared part of the update a fixed point of a round in which
+    # no client learns (tests/test_noop_rounds.py). The config refuses mixed ranks for any other
+    # method, with this reason.
+    handles_mixed_ranks: ClassVar[bool] = False
+    mixed_ranks_refusal: ClassVar[str] = ("it averages the raw factors, without each client's rescaling to its "
+                                          "rank and scale alpha / r_k")
     lora_alpha: float | None = None  # set by the engine for LoRA models: s_k = lora_alpha / r_k
     seed: int = 0  # the run's seed (set by the engine), for server-side randomness
 
@@ -69,7 +77,7 @@ class Method:
         except ValidationError as err:
             e = err.errors()[0]
             field_name = ".".join(str(p) for p in e["loc"])
-            allowed = ", ".join(cls.Params.model_fields) or "none"
+            allowed = ", ".join(f.alias or n for n, f in cls.Params.model_fields.items()) or "none"  # 'lambda', not 'lam'
             raise ValueError(
                 f"method.params.{field_name}: {e['msg']} (got {e.get('input')!r}) for method "
                 f"{cls.name!r}; its parameters: {allowed}"

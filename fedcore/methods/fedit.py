@@ -4,8 +4,12 @@ weights n_k / n (and the trainable head the same way). Averaging the factors is 
 the products B_k A_k; that inexactness is what FLoRA, FlexLoRA and LoRA-FAIR address.
 
 Heterogeneous ranks (the naive baseline of the rank-heterogeneity papers): factors are zero-padded
-to r_max, each client's scale s_k = alpha / r_k is folded into its B before averaging, and a
-client receives the average truncated to its rank with B divided by its own scale."""
+to r_max and averaged, each client's scale ratio s_k / s_max = r_max / r_k folded into its B only
+(lora.scaled_factor_average, fold "B"), and a client receives the average truncated to its rank
+with B divided by its own ratio. Inside the smallest rank this is a fixed point: a round in which
+no client learns hands back the same factors. Rank slots beyond it are averaged with the zeros of
+the clients that lack them, so they shrink by the weight of their holders in A and in B each round:
+the rank collapse raFLoRA's paper measures, by design of this baseline."""
 from __future__ import annotations
 
 from fedcore import lora

@@ -65,6 +65,8 @@ class FedPuReL(FedIT):
     Params = FedPuReLParams
     needs_teacher = True
     personalizes = True
+    handles_mixed_ranks = False
+    mixed_ranks_refusal = "its private branch trains beside the global one at one rank"
 
     def align_loss(self, logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         p = self.params

@@ -1,7 +1,14 @@
 """FFA-LoRA (Sun et al., ICLR 2024, "Improving LoRA in Privacy-preserving Federated Learning"):
 A stays frozen at its random initialisation, shared by every client through the common seed,
 and only B is trained. Averaging then is exact: sum_k p_k s_k B_k A_0 = (sum_k p_k s_k B_k) A_0.
-The paper compensates the frozen A with a larger LoRA alpha (set model.lora.alpha)."""
+The paper compensates the frozen A with a larger LoRA alpha (set model.lora.alpha).
+
+Mixed ranks (not in the paper, which uses one rank): column i of B exists only on the clients whose
+rank r_k > i, so it is averaged over those clients alone, their weights n_k renormalised over them,
+each client's B_k times its scale ratio s_k / s_max; a column that no client of the round holds
+keeps its value (lora.holder_factor_average). The global product is then exactly the weighted mean, slot by slot, of the
+products the clients hold, and a round in which no client learns leaves every column unchanged
+(zero-padded averaging would shrink the columns beyond the smallest rank every round)."""
 from __future__ import annotations
 
 from fedcore import lora
@@ -20,7 +27,7 @@ class FFALoRA(LoRAMethod):
                   updates: list[ClientUpdate]) -> tuple[State, State]:
         layers, r_max, alpha = self.layout(updates)
         out = self.head_average(updates)
-        averaged = lora.scaled_factor_average(updates, size_weights(updates), alpha, r_max, layers, fold="B")  # A is shared and fixed: the whole scale ratio goes to B
+        averaged = lora.holder_factor_average(updates, size_weights(updates), alpha, r_max, layers, global_state)
         for a, b in layers.values():
             out[a], out[b] = global_state[a], averaged[b]  # A never moves
         return out, server_state

@@ -5,7 +5,12 @@ Heterogeneous Tasks and Client Resources"): the server forms the full-size updat
 
 takes its SVD dW = U S V^T, and hands client k the best rank-r_k approximation: by default all of
 S in B as the official code does (B_k = U[:, :r_k] S[:r_k] / s_k, A_k = V^T[:r_k]), or split
-"sym" (sqrt(S) on each side). The global model keeps the rank-r_max part at scale alpha / r_max."""
+"sym" (sqrt(S) on each side). The global model keeps the rank-r_max part at scale alpha / r_max.
+
+A round in which no client learns: client k hands back the global's top r_k components, so the
+top r_min components (the part every client holds) come back unchanged, and component i beyond
+r_min comes back times the weight of the clients with r_k > i: the rank collapse that raFLoRA's
+paper measures for FlexLoRA-style weighting, by design of this method."""
 from __future__ import annotations
 
 from typing import Literal

@@ -4,11 +4,19 @@ factors to r_max and averages A and B separately with sparsity weights
 
     w_k = ||s_k B_k A_k||_F / sum_j ||s_j B_j A_j||_F     (per LoRA layer, not n_k),
 
-then each client receives the average truncated to its rank. Locally, rank self-pruning adds
+with each client's scale ratio s_k / s_max folded into its B (lora.scaled_factor_average, fold "B":
+the factors inside the smallest rank are a fixed point of a round in which no client learns; slots
+beyond it shrink by the norm weight of their holders, zero-padding's rank collapse), then each
+client receives the average truncated to its rank. Locally, rank self-pruning adds
 lambda * ||B[:, p:r]|| * ||A[p:r, :]|| (p = floor(gamma r), summed over layers) to the loss, and a
 client whose pruned-part norm ends the round below where it ended its previous round (below its
-start in its first round) lowers its rank to p (never below min_rank); the server keeps each
-client's last pruned-part norm."""
+start in its first round; METHODS.md 5.3) lowers its rank to p (never below min_rank); the server
+keeps each client's last pruned-part norm. Lowering the rank from r to p raises the client's scale
+from alpha / r to alpha / p, so its kept B columns are multiplied by p / r: its product keeps its
+value and only the pruned slots leave it. Pruning is the one way HetLoRA moves in a round in which
+no client learns: the server's average can end below a client's own last norm, and the rule then
+prunes (by design of the rule; with prune_lambda 0 the aggregation alone is a fixed point inside
+the smallest rank)."""
 from __future__ import annotations
 
 import math
@@ -73,9 +81,13 @@ class HetLoRA(LoRAMethod):
         if self._prunable(ctx):
             with torch.no_grad():
                 end = float(pruned_norm(ctx.params, ctx.rank, self.params.gamma))
-            if end < ctx.scratch["pruned_norm_ref"]:
-                ctx.rank = math.floor(self.params.gamma * ctx.rank)
-                end = math.nan  # a new rank, a new pruned part: the next round starts its own reference
+                if end < ctx.scratch["pruned_norm_ref"]:
+                    old, new = ctx.rank, math.floor(self.params.gamma * ctx.rank)
+                    for name, p in ctx.params:  # keep the product under the new scale alpha / new
+                        if lora.B_TAG in name:
+                            p.mul_(new / old)
+                    ctx.rank = new  # the engine zeroes the slots from `new` on
+                    end = math.nan  # a new rank, a new pruned part: the next round starts its own reference
             ctx.report["pruned_norm"] = end
 
     def aggregate(self, global_state: State, server_state: State,

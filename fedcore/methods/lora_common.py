@@ -8,6 +8,7 @@ from fedcore.methods.base import ClientUpdate, Method, State, is_lora_key, size_
 
 class LoRAMethod(Method):
     requires_lora = True
+    handles_mixed_ranks = True
 
     def client_start_state(self, global_state: State, server_state: State, client: int) -> State:
         rank = int(server_state["ranks"][client]) if "ranks" in server_state else lora.resident_rank(global_state)

@@ -8,10 +8,27 @@ FedIT), and corrects B with a residual found by
 with SGD on the server (server_steps, server_lr; early stop when the objective moves less than
 tol for `patience` steps; the best iterate is kept, so the objective never rises). Clients start
 the next round from (A_bar, B_bar + dB*) (Avg-Initial); the base weights are not touched. Options:
-delta_init zeros (the paper's reading) or xavier (the SpecTraL fork), cos_mode flat or columnwise
-(cosine per input column, averaged: the fork's F.cosine_similarity(dim=0)), reg norm or squared.
+delta_init zeros (the paper's reading) or xavier (the SpecTraL fork; drawn afresh every round, from
+the run's seed and the round), cos_mode flat or columnwise (cosine per input column, averaged: the
+fork's F.cosine_similarity(dim=0)), reg norm or squared.
 Reported every round: the cosine to the ideal update of the plain average and of the corrected
-one, and the cosine between B_bar + dB* and B_bar."""
+one, and the cosine between B_bar + dB* and B_bar.
+
+Mixed ranks (not in the paper, which uses one rank): each rank slot of A_bar, B_bar and of the ideal
+update is averaged over the clients that hold it, their weights renormalised over them, each
+client's scale ratio s_k / s_max folded into B (lora.holder_factor_average, lora.holder_ideal; a
+slot no client of the round holds keeps the global's). At one rank this is exactly the paper's
+FedIT average and ideal update. Zero-padding instead (the SpecTraL fork) would make the average
+(slot weights W_i^2) and the ideal (W_i) disagree even when no client learns, and the residual,
+which aims at the direction of the whole update, would then move the part every client holds
+(measured: 10% a round for ranks 1/2/4/8). With holder averaging a round in which no client learns
+gives B_bar A_bar = ideal, the residual stays zero, and the whole update comes back unchanged.
+
+Units: dB is solved on the raw factor B_bar (the resident model's B, at its scale
+s_max = alpha / r_max), as the paper writes it and the SpecTraL fork codes it, not on s_max * B_bar.
+The cosine term does not see the scale, so the solution depends on the clients' raw factors only:
+lambda and server_lr mean the same whatever alpha is. (Solving on s_max * B_bar would make lambda
+act as lambda * s_max, and the step as server_lr / s_max^2, in raw units.)"""
 from __future__ import annotations
 
 from typing import Literal
@@ -21,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedcore import lora
+from fedcore.seeds import derive_seed
 from fedcore.methods.base import ClientUpdate, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
@@ -90,15 +108,14 @@ class LoRAFAIR(LoRAMethod):
     def aggregate(self, global_state: State, server_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, State]:
         layers, r_max, alpha = self.layout(updates)
-        s_max = lora.scale(alpha, r_max)
         weights = size_weights(updates)
-        averaged = lora.scaled_factor_average(updates, weights, alpha, r_max, layers)
-        ideal = {p: lora.ideal_update(updates, weights, alpha, r_max, a, b) for p, (a, b) in layers.items()}
+        averaged = lora.holder_factor_average(updates, weights, alpha, r_max, layers, global_state)
+        ideal = {p: lora.holder_ideal(updates, weights, alpha, r_max, a, b, global_state) for p, (a, b) in layers.items()}
         A_bar = {p: averaged[a].to(torch.float64) for p, (a, b) in layers.items()}
-        B_bar = {p: s_max * averaged[b].to(torch.float64) for p, (a, b) in layers.items()}  # in product units
-        gen = torch.Generator().manual_seed(self.seed)
+        B_bar = {p: averaged[b].to(torch.float64) for p, (a, b) in layers.items()}  # raw, at the resident scale
+        round_ = int(server_state.get("round", torch.tensor(0))) + 1
         with torch.enable_grad():
-            delta, stats = solve_residual(ideal, B_bar, A_bar, self.params, gen)
+            delta, stats = solve_residual(ideal, B_bar, A_bar, self.params, self.generator(round_))
         out = self.head_average(updates)
         cos_avg, cos_fixed, cos_b = [], [], []
         for p, (a, b) in layers.items():
@@ -106,7 +123,13 @@ class LoRAFAIR(LoRAMethod):
             cos_avg.append(float(cosine(ideal[p], B_bar[p] @ A_bar[p])))
             cos_fixed.append(float(cosine(ideal[p], B_new @ A_bar[p])))
             cos_b.append(float(cosine(B_new, B_bar[p])))
-            out[a], out[b] = averaged[a], (B_new / s_max).to(averaged[b].dtype)
+            out[a], out[b] = averaged[a], B_new.to(averaged[b].dtype)
         metrics = {"cos_ideal_avg": sum(cos_avg) / len(cos_avg), "cos_ideal_corrected": sum(cos_fixed) / len(cos_fixed),
                    "cos_Bprime_Bbar": sum(cos_b) / len(cos_b), **stats}
-        return out, {**server_state, **{f"metric/{k}": torch.tensor(v) for k, v in metrics.items()}}
+        return out, {**server_state, "round": torch.tensor(round_),
+                     **{f"metric/{k}": torch.tensor(v) for k, v in metrics.items()}}
+
+    def generator(self, round_: int) -> torch.Generator:
+        """The server's draws of one round (delta_init xavier): a fresh start every round, the same one
+        when a round is run again (a resumed run, a re-run with the same seed)."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, 11))

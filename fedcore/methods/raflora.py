@@ -9,7 +9,12 @@ weights are renormalised over C_m so that every partition has total weight one:
 (FlexLoRA-style aggregation weights partition m by sum_{k in C_m} p_k < 1, which shrinks the
 energy outside the smallest rank every round: rank collapse). dW is then redistributed by SVD as
 in FlexLoRA (split "sym" by default: sqrt(S) on each side). Partitions come from every client's
-rank, not only this round's cohort, so partial participation does not drop them."""
+rank, not only this round's cohort, so partial participation does not drop them: a partition that
+no client of the round holds keeps the global model's own part, s_max B_g[:, P_m] A_g[P_m, :].
+
+A round in which no client learns therefore returns the global update exactly (every partition is
+the renormalised mean of identical copies, or the global's own), up to the SVD's choice of basis:
+the no-op fixed point holds for the whole update, not only inside the smallest rank."""
 from __future__ import annotations
 
 from typing import Literal
@@ -48,6 +53,7 @@ class RaFLoRA(LoRAMethod):
     def aggregate(self, global_state: State, server_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, State]:
         layers, r_max, alpha = self.layout(updates)
+        s_max = lora.scale(alpha, r_max)
         ranks = [u.rank or r_max for u in updates]
         everyone = server_state["ranks"].tolist() if "ranks" in server_state else ranks
         levels = sorted(set(everyone) | set(ranks))
@@ -56,6 +62,8 @@ class RaFLoRA(LoRAMethod):
         for prefix, (a, b) in layers.items():
             delta = 0
             for m, (lo, hi) in enumerate(zip([0, *levels[:-1]], levels)):
+                if not (w[m] > 0).any():  # nobody in the cohort holds it: the global's own part
+                    delta = delta + lora.product(global_state[a][lo:hi], global_state[b][:, lo:hi], s_max)
                 for k, u in enumerate(updates):
                     if w[m, k] > 0:
                         s_k = lora.client_scale(alpha, u.rank, r_max)

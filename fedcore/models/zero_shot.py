@@ -7,7 +7,9 @@ of one prompt per class (`template` filled with the class's prompt name), times 
     z(x)_c = scale * cos(E(x), E(prompt_c))
 
 the text analogue of CLIP's zero-shot recipe (METHODS.md 2.2 and 3.4). The logits serve as the
-frozen teacher of Fed-LPFM and as the zero-shot baseline row of the studies.
+frozen teacher of Fed-LPFM and as the zero-shot baseline row of the studies. `zero_shot_features`
+gives the two factors of those logits (the samples' and the class prompts' normalised embeddings,
+text or CLIP image), from which fedcore/teacher.py fine-tunes a client's head.
 """
 from __future__ import annotations
 
@@ -118,3 +120,29 @@ def build_zero_shot_text(mcfg, class_names: list[str], max_len: int) -> ZeroShot
     else:
         encoder.requires_grad_(True)
     return ZeroShotTextClassifier(encoder, classes, mcfg.logit_scale)
+
+
+def zero_shot_features(name: str, template: str, max_len: int, split, class_names: list[str],
+                       kind: str) -> dict[str, torch.Tensor]:
+    """{"x": the samples' normalised embeddings (N x d), "classes": the class prompts' (C x d)}, the
+    factors of the zero-shot logits scale * x @ classes.T, for a text encoder or a CLIP model."""
+    if kind == "image":
+        return _image_features(name, template, torch.as_tensor(split.images).permute(0, 3, 1, 2), class_names)
+    head = TextZeroShot(name, template, max_len=max_len)
+    return {"x": head.embed(split.texts), "classes": head.class_embeddings(class_names)}
+
+
+@torch.inference_mode()
+def _image_features(name: str, template: str, pixels: torch.Tensor, class_names: list[str],
+                    batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """CLIP's normalised image embeddings and class prompt embeddings, the way ImageZeroShot.logits
+    computes them before its product."""
+    from fedcore.models.clip import load_clip, preprocess, prompts, text_embeddings
+
+    clip = load_clip(name)
+    classes = text_embeddings(clip, prompts(template, class_names), batch_size)
+    mean, std = (torch.tensor(v, device=classes.device).view(1, 3, 1, 1) for v in (clip.mean, clip.std))
+    out = [nn.functional.normalize(clip.model.encode_image(preprocess(pixels[i:i + batch_size], clip.image_size,
+                                                                      mean, std)).float(), dim=-1).cpu()
+           for i in range(0, len(pixels), batch_size)]
+    return {"x": torch.cat(out) if out else torch.zeros(0, classes.shape[1]), "classes": classes.cpu()}
