@@ -153,14 +153,18 @@ def scaled_factor_average(updates, weights: torch.Tensor, alpha: float, r_max: i
     return out
 
 
+def _device(updates) -> torch.device:
+    return next(iter(updates[0].state.values())).device
+
+
 def slot_weights(updates, weights: torch.Tensor, r_max: int) -> torch.Tensor:
     """[r_max, K]: for rank slot i, the weights w_k of the clients that hold it (r_k > i) renormalised
     to sum to one over them; a slot that no client of the round holds has a row of zeros."""
     ranks = torch.tensor([u.rank or r_max for u in updates])
     holds = (torch.arange(r_max)[:, None] < ranks[None, :]).to(torch.float64)
-    w = holds * weights.to(torch.float64)[None, :]
+    w = holds * weights.to(torch.float64).cpu()[None, :]
     total = w.sum(dim=1, keepdim=True)
-    return torch.where(total > 0, w / total.clamp_min(1e-300), w)
+    return torch.where(total > 0, w / total.clamp_min(1e-300), w)  # on the CPU: callers move it
 
 
 def holder_factor_average(updates, weights: torch.Tensor, alpha: float, r_max: int,
@@ -173,6 +177,7 @@ def holder_factor_average(updates, weights: torch.Tensor, alpha: float, r_max: i
     s_max = scale(alpha, r_max)
     omega = slot_weights(updates, weights, r_max)  # [r_max, K]
     held = omega.sum(dim=1) > 0
+    omega = omega.to(_device(updates))  # the products run where the factors are (a GPU in paper profiles)
     out = {}
     for a, b in layers.values():
         acc_a = torch.zeros_like(updates[0].state[a], dtype=torch.float64)
@@ -195,7 +200,8 @@ def holder_ideal(updates, weights: torch.Tensor, alpha: float, r_max: int, a: st
     client of the round holds (float64). sum_k w_k s_k B_k A_k at equal ranks."""
     omega = slot_weights(updates, weights, r_max)
     held = omega.sum(dim=1) > 0
-    total = sum(product(u.state[a] * omega[:, k, None].to(u.state[a].dtype), u.state[b],
+    omega = omega.to(_device(updates))
+    total = sum(product(u.state[a].to(torch.float64) * omega[:, k, None], u.state[b],
                         client_scale(alpha, u.rank, r_max)) for k, u in enumerate(updates))
     if not held.all():
         total = total + product(current[a][~held], current[b][:, ~held], scale(alpha, r_max))

@@ -271,8 +271,12 @@ def prepare(args):
         import torch
 
         if not args.address and not torch.cuda.is_available():
-            raise ValueError(f"profile {profile.name} trains on cuda and this machine has no GPU: run it on a Ray cluster "
-                             f"(--address auto; see sweeps/cluster/README.md) or train on the CPU (--device cpu)")
+            why = (f"profile {profile.name} trains on cuda and this machine has no GPU: run it on a Ray cluster "
+                   f"(--address auto; see sweeps/cluster/README.md) or train on the CPU (--device cpu)")
+            if not args.dry_run:
+                raise ValueError(why)
+            # the plan of a GPU profile is worth reading on a laptop before it goes to a cluster
+            print(f"note: {why}; the plan below is what the launch would run there", file=sys.stderr)
     elif resources["gpu"] > 0 and args.gpus_per_trial is None:
         resources["gpu"] = 0.0  # the profile's GPU share is for cuda training
     return study, profile, plan(args, study, profile), resources

@@ -336,3 +336,14 @@ def test_holder_averages_follow_their_formula():
     part_ideal = lora.holder_ideal(small, torch.tensor([0.6, 0.4], dtype=torch.float64), ALPHA, R_MAX, A0, B0, g)
     held = sum(w * lora.product(u.state[A0][:1], u.state[B0][:, :1], s(1)) for w, u in zip((0.6, 0.4), small))
     torch.testing.assert_close(part_ideal - held, lora.product(g[A0][1:], g[B0][:, 1:], s(R_MAX)), rtol=1e-5, atol=1e-6)
+
+
+def test_holder_averages_stay_on_the_factors_device():
+    """The slot weights are built on the CPU; the products run on the clients' device (a GPU in the
+    paper profiles). PyTorch's meta device stands in for CUDA here: a CPU tensor mixed in fails."""
+    ups = [ClientUpdate(k, 10, {A0: torch.zeros(R_MAX, IN, device="meta"), B0: torch.zeros(OUT, R_MAX, device="meta")},
+                        {}, r) for k, r in enumerate((1, R_MAX))]
+    w = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    out = lora.holder_factor_average(ups, w, ALPHA, R_MAX, {"enc.0.q.": (A0, B0)}, {})
+    assert out[A0].device.type == out[B0].device.type == "meta"
+    assert lora.holder_ideal(ups, w, ALPHA, R_MAX, A0, B0, {}).device.type == "meta"

@@ -105,7 +105,9 @@ def effective(fed: Federation) -> dict:
             base = 0 if merged is None else merged.to(torch.float64)
             got[prefix] = {"full": base + lora.product(A, B, s),
                            "shared": base + lora.product(A[:r_min], B[:, :r_min], s),
-                           "norm_A": float(A.norm()), "norm_B": float(B.norm())}
+                           "norm_A": float(A.norm()), "norm_B": float(B.norm()),
+                           # the size of each rank slot's own term s B[:, i] A[i, :]
+                           "slots": s * B.double().norm(dim=0) * A.double().norm(dim=1)}
         return got
 
     out["global"] = views(state, r_max)
@@ -201,36 +203,87 @@ def test_methods_without_rank_rescaling_refuse_mixed_ranks(name):
     config(name, True, **{"model.lora.ranks": [4, 4, 4, 4]})  # equal ranks listed per client are fine
 
 
+# zero-padded factor averaging scales each slot of A and of B on its own; from factors whose slots
+# overlap (the state a learning round leaves), the cross terms between slots then no longer cancel
+# as they did, and a singular value can rise a little (measured: +0.4% for FedIT, +0.5% for HetLoRA
+# in one idle round) while every slot's own term shrinks. From an SVD start (slots that do not
+# overlap) nothing can rise. The SVD-based and the exact methods keep their singular values from any start.
+SLOTWISE = {"fedit", "hetlora"}
+
+
+def outside(view: dict) -> float:
+    return float((view["full"] - view["shared"]).norm())
+
+
+@pytest.mark.parametrize("start", ["learned", "svd"])
 @pytest.mark.parametrize("profile", list(RANKS))
 @pytest.mark.parametrize("name", MIXED)
-def test_mixed_ranks_keep_the_shared_part_and_never_grow(name, profile, monkeypatch):
+def test_mixed_ranks_keep_the_shared_part_and_never_grow(name, profile, start, monkeypatch):
     cfg = config(name, True, **RANKS[profile])
-    before, after = learned_then_idle(cfg, monkeypatch, svd_start=True)
-    rtol = RTOL
+    before, after = learned_then_idle(cfg, monkeypatch, svd_start=start == "svd")
     prev = before
     for t, now in enumerate(after, 1):
-        what = f"{name} {profile}, idle round {t}"
+        what = f"{name} {profile} from a {start} start, idle round {t}"
         for k, v in before["other"].items():  # the head: FedAvg of identical copies
             assert close(v.double(), now["other"][k].double()), f"{what}: {k} moved"
         for prefix, b in before["global"].items():
             n, p = now["global"][prefix], prev["global"][prefix]
-            assert close(b["shared"], n["shared"], rtol), f"{what}: the shared part of {prefix} moved"
+            assert close(b["shared"], n["shared"]), f"{what}: the shared part of {prefix} moved"
             for c in before["clients"]:
-                assert close(before["clients"][c][prefix]["shared"], now["clients"][c][prefix]["shared"], rtol), \
+                assert close(before["clients"][c][prefix]["shared"], now["clients"][c][prefix]["shared"]), \
                     f"{what}: client {c}'s shared part of {prefix} moved"
             if p["norm_B"] > 0:  # an adapter at its fresh start (FLoRA's, B = 0) has only an init A
                 assert n["norm_A"] <= p["norm_A"] * (1 + RTOL) + 1e-9, f"{what}: |A| of {prefix} grew"
-            assert n["norm_B"] <= p["norm_B"] * (1 + rtol) + 1e-9, f"{what}: |B| of {prefix} grew"
-            sv_prev, sv_now = torch.linalg.svdvals(p["full"]), torch.linalg.svdvals(n["full"])
-            assert (sv_now <= sv_prev * (1 + rtol) + 1e-9 * float(sv_prev[0])).all(), \
-                f"{what}: a singular value of the update of {prefix} grew: {sv_prev[:4]} -> {sv_now[:4]}"
+            assert n["norm_B"] <= p["norm_B"] * (1 + RTOL) + 1e-9, f"{what}: |B| of {prefix} grew"
+            if name in SLOTWISE and start == "learned":
+                assert (n["slots"] <= p["slots"] * (1 + RTOL) + 1e-12).all(), f"{what}: a slot of {prefix} grew"
+            else:
+                sv_prev, sv_now = torch.linalg.svdvals(p["full"]), torch.linalg.svdvals(n["full"])
+                assert (sv_now <= sv_prev * (1 + RTOL) + 1e-9 * float(sv_prev[0])).all(), \
+                    f"{what}: a singular value of the update of {prefix} grew: {sv_prev[:4]} -> {sv_now[:4]}"
             if EXPECTED[name] == "exact":
                 assert close(b["full"], n["full"]), f"{what}: {name} should return the whole update of {prefix}"
         prev = now
-    if EXPECTED[name] == "shrink":  # the collapse is real, not a no-op: the outside part lost energy
-        lost = [float((b["full"] - b["shared"]).norm()) > float((now["global"][p]["full"] - now["global"][p]["shared"]).norm())
-                for p, b in before["global"].items()]
-        assert any(lost), f"{name} {profile}: nothing outside the smallest rank shrank"
+    # beyond the smallest rank there was something to keep or lose (not rounding noise); FLoRA's
+    # adapters are zero after each merge, its whole update lives in the merged (full-rank) delta ...
+    assert all(outside(b) > 1e-3 * float(b["full"].norm()) if b["norm_B"] > 0 else float(b["full"].norm()) > 0
+               for b in before["global"].values())
+    if EXPECTED[name] == "shrink":  # ... and the collapse is real: it lost a visible share in 3 rounds
+        for prefix, b in before["global"].items():
+            assert outside(now["global"][prefix]) < 0.99 * outside(b), f"{name} {profile}: {prefix} kept its outside part"
+
+
+def test_zero_padding_shrinks_each_slot_by_its_holders_weight(monkeypatch):
+    """From an SVD start with every client in the round, one idle round multiplies slot i of the
+    update by W_i^2 for FedIT (A and B each scaled by W_i = sum of n_k / n over the clients with
+    r_k > i) and by W_i for FlexLoRA (the products are averaged, then refactored)."""
+    for name, power in (("fedit", 2), ("flexlora", 1)):
+        fed = Federation(config(name, True, **RANKS["ladder"]))
+        fed.run_round()
+        canonical(fed)
+        lcfg = fed.cfg.model.lora
+        s_max = lora.scale(lcfg.alpha, lcfg.resident_rank)
+        sizes = torch.tensor([len(i) for i in fed.data.client_train], dtype=torch.float64)
+        ranks = fed.server_state["ranks"]
+        W = torch.stack([sizes[ranks > i].sum() for i in range(lcfg.resident_rank)]) / sizes.sum()
+        sv0 = {p: torch.linalg.svdvals(lora.product(fed.global_state[a], fed.global_state[b], s_max))
+               for p, (a, b) in lora.lora_layers(fed.global_state).items()}
+        no_learning(monkeypatch)
+        fed.run_round()
+        monkeypatch.undo()
+        for p, (a, b) in lora.lora_layers(fed.global_state).items():
+            sv1 = torch.linalg.svdvals(lora.product(fed.global_state[a], fed.global_state[b], s_max))
+            want = torch.sort(sv0[p][:len(W)] * W ** power, descending=True).values
+            torch.testing.assert_close(sv1[:len(W)], want, rtol=1e-4, atol=1e-7)
+
+
+def test_the_sym_fold_option_drifts_in_the_engine(monkeypatch):
+    """fold: sym (FedIT's old default, kept as an option) grows the shared part in idle rounds."""
+    before, after = learned_then_idle(config("fedit", True, **RANKS["ladder"], **{"method.params.fold": "sym"}),
+                                      monkeypatch)
+    for prefix, b in before["global"].items():
+        growth = float(after[-1]["global"][prefix]["shared"].norm()) / float(b["shared"].norm())
+        assert growth > 1.2, f"{prefix}: the shared part grew only {growth:.3f}x in 3 idle rounds"
 
 
 def test_the_sym_fold_is_not_a_fixed_point():
@@ -257,8 +310,8 @@ def test_the_sym_fold_is_not_a_fixed_point():
 
 def test_hetlora_pruning_only_drops_slots(monkeypatch):
     """An idle round in which HetLoRA's rule prunes (the average ends below the clients' own last
-    norms): a pruned client's kept slots keep their product at its new scale, the pruned slots
-    leave, and nothing grows."""
+    norms): a pruned client's kept slots keep their product at its new scale and the pruned slots
+    leave (before the fix, the kept product jumped by r / p)."""
     cfg = config("hetlora", True, **{**RANKS["ladder"], "method.params.prune_lambda": 0.01,
                                      "method.params.gamma": 0.5})
     fed = Federation(cfg)

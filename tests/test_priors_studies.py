@@ -49,7 +49,8 @@ def test_fed_lpfm_cells_cross_methods_partitions_and_teachers_with_the_teacher_r
 
 def test_fed_lpfm_smoke_adds_two_class_split_cells_and_controls_add_the_teacher_ablations(tmp_path):
     names = [lp.cell_name(c) for c, _, _ in _configs("fed_lpfm", "smoke")]
-    assert len(names) == 10 and names[-2:] == ["fedavg-textcnn-synthetic-c2", "fed_lpfm-textcnn-synthetic-c2-minilm-l6"]
+    assert len(names) == 11 and names[-3:] == ["fedavg-textcnn-synthetic-c2", "fedprox-textcnn-synthetic-c2",
+                                               "fed_lpfm-textcnn-synthetic-c2-minilm-l6"]
     controls = list(_configs("fed_lpfm", "smoke", controls=True))
     extra = {lp.cell_name(c): cfg for c, _, cfg in controls if lp.cell_name(c) not in names}
     assert set(extra) == {f"fed_lpfm-textcnn-synthetic-{lv}-{v}" for lv in ("a0.1", "a1", "c2")

@@ -139,3 +139,13 @@ def test_class_names_must_match_the_labels(tmp_path):
     with pytest.raises(DataSourceError, match=r"class_names: 13 names"):
         load_source(f"csv:{ints}?class_names=" + ",".join(f"c{i}" for i in range(13)))
     assert load_source(f"csv:{ints}?class_names=" + ",".join(f"c{i}" for i in range(14))).num_classes == 14
+    # a test file may lack classes its names list (partial labels), never hold one outside them
+    from fedcore.data.sources import load_test_split
+
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\nx,1\ny,3\n")  # ids 1 and 3 of 14
+    split = load_test_split(f"csv:{test}?class_names=" + ",".join(f"c{i}" for i in range(14)), [f"c{i}" for i in range(14)])
+    assert split.labels.tolist() == [1, 3]
+    named = tmp_path / "named.tsv"
+    named.write_text("text\tlabel\nx\tneu\n")
+    assert load_test_split(f"tsv:{named}?class_names=pos,neu,neg", ["pos", "neu", "neg"]).labels.tolist() == [1]

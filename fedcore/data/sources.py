@@ -151,7 +151,8 @@ def _check_derived(params: dict[str, str], uri: str) -> None:
                          f"{', '.join(DERIVED_DOMAINS)}")
 
 
-def load_source(uri: str) -> RawDataset:
+def load_source(uri: str, partial_labels: bool = False) -> RawDataset:
+    """A source by URI. partial_labels: the file may lack some of its `class_names` (a test file)."""
     check_uri(uri)
     scheme, target, params = parse_uri(uri)
     if scheme == "synthetic":
@@ -161,14 +162,14 @@ def load_source(uri: str) -> RawDataset:
     if scheme == "images":
         return _load_images(target, params)
     if scheme in ("csv", "tsv"):
-        split, names = _load_delimited(target, params, "," if scheme == "csv" else "\t")
+        split, names = _load_delimited(target, params, "," if scheme == "csv" else "\t", partial_labels)
         return RawDataset(Path(target).name, "text", split, None, names)
     return _load_hf(target, params)
 
 
 def load_test_split(uri: str, class_names: list[str], domain_names: list[str] | None = None) -> Split:
     """A separate test file, its labels (and domains) expressed in the training source's."""
-    ds = load_source(uri)
+    ds = load_source(uri, partial_labels=True)
     split = ds.train
     integer_labels = ds.class_names == [str(i) for i in range(len(ds.class_names))]
     if not integer_labels and ds.class_names != class_names[: len(ds.class_names)]:
@@ -274,7 +275,8 @@ def _load_images(target: str, p: dict[str, str]) -> RawDataset:
     if p.get("class_names"):
         given = p["class_names"].split(",")
         if len(given) != len(names):
-            raise DataSourceError(f"class_names lists {len(given)} names but {path} has {len(names)} class folders")
+            raise DataSourceError(f"class_names: {len(given)} names ({_short(given)}) but {path} has {len(names)} class "
+                                  f"folders; allowed: exactly {len(names)} names, one per folder in sorted order")
         names = given
     split = Split(t["labels"].numpy().astype(np.int64), images=t["images"].numpy(),
                   domains=t["domains"].numpy().astype(np.int64) if "domains" in t else None)
@@ -284,14 +286,19 @@ def _load_images(target: str, p: dict[str, str]) -> RawDataset:
     return _with_derived_domains(ds, p)
 
 
-def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None,
+                   partial: bool = False) -> tuple[np.ndarray, list[str]]:
     """Integer ids 0..C-1 and the class names. String labels: ids in the order of `class_names`
     when it names exactly the labels, else in sorted label order (then `class_names`, if given,
-    renames them in that order). Either way `class_names` must hold one name per class."""
+    renames them in that order). Either way `class_names` must hold one name per class; with
+    `partial` (a test file) the labels may cover only some of the names."""
     try:
         ints = np.asarray([int(v) for v in raw], dtype=np.int64) - offset
     except (TypeError, ValueError):
         uniq = sorted({str(v) for v in raw})
+        if partial and class_names is not None and set(uniq) <= set(class_names):
+            lookup = {v: i for i, v in enumerate(class_names)}
+            return np.asarray([lookup[str(v)] for v in raw], dtype=np.int64), class_names
         if class_names is not None and len(class_names) != len(uniq):
             raise DataSourceError(
                 f"class_names: {len(class_names)} names ({_short(class_names)}) for {len(uniq)} distinct labels "
@@ -306,7 +313,7 @@ def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None) -> tup
         )
     n = int(ints.max()) + 1 if len(ints) else 0
     names = class_names or [str(i) for i in range(n)]
-    if len(names) != n:
+    if len(names) < n or (len(names) > n and not partial):
         raise DataSourceError(
             f"class_names: {len(names)} names ({_short(names)}) but the labels run 0..{n - 1} after label_offset="
             f"{offset}, {n} classes; allowed: exactly {n} names, one per class id")
@@ -329,7 +336,7 @@ def _quiet_csv(datasets, path: str, kwargs: dict):
             datasets.enable_progress_bars()
 
 
-def _load_delimited(path: str, p: dict[str, str], delimiter: str) -> tuple[Split, list[str]]:
+def _load_delimited(path: str, p: dict[str, str], delimiter: str, partial: bool = False) -> tuple[Split, list[str]]:
     import datasets
 
     path = str(Path(path).expanduser().resolve())
@@ -358,7 +365,7 @@ def _load_delimited(path: str, p: dict[str, str], delimiter: str) -> tuple[Split
     cols = [ds[c] for c in text_cols]
     texts = [" ".join("" if v is None else str(v) for v in row) for row in zip(*cols)]
     names = p["class_names"].split(",") if p.get("class_names") else None
-    labels, names = _labels_to_ids(ds[label_col], int(p.get("label_offset", 0)), names)
+    labels, names = _labels_to_ids(ds[label_col], int(p.get("label_offset", 0)), names, partial)
     return Split(labels, texts=texts), names
 
 

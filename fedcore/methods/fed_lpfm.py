@@ -42,9 +42,8 @@ class FedLPFMParams(BaseModel):
         if info.data.get("form") == "convex" and v > 1:
             # a custom error, so that the line reads without pydantic's "Value error," prefix
             raise PydanticCustomError(
-                "convex_lambda", "{value} is above 1 with form 'convex', where (1 - lambda) would weigh the "
-                "cross-entropy negatively; allowed: 0 <= lambda <= 1, or form 'additive' for larger weights",
-                {"value": v})
+                "convex_lambda", "above 1 with form 'convex', where (1 - lambda) would weigh the cross-entropy "
+                "negatively; allowed: 0 <= lambda <= 1, or form 'additive' for larger weights")
         return v
 
 

@@ -7,7 +7,10 @@ the server stacks the clients' adapters,
 so that B_st A_st = sum_k p_k s_k B_k A_k exactly, whatever the ranks (each client's factors are
 cut to its own rank r_k before stacking). The product is merged into the frozen base weights,
 W0 <- W0 + B_st A_st, and every client starts the next round from freshly initialised adapters
-(A Kaiming-uniform as peft does, B = 0). The head is averaged with FedAvg's weights."""
+(A Kaiming-uniform as peft does, B = 0). The head is averaged with FedAvg's weights.
+
+A round in which no client learns: every client hands back B = 0, the stacked product is zero, and
+the merged base (the whole update, all ranks included) is unchanged: exact, whatever the ranks."""
 from __future__ import annotations
 
 import math

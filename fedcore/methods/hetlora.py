@@ -20,6 +20,7 @@ the smallest rank)."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,7 @@ class HetLoRAParams(BaseModel):
     gamma: float = Field(0.99, gt=0, lt=1)  # the paper's decay factor
     prune_lambda: float = Field(0.01, ge=0)  # 0 turns self-pruning off
     min_rank: int = Field(1, ge=1)
+    fold: Literal["B", "sym"] = "B"  # as FedIT's: "sym" is not a fixed point, kept only to compare with
 
 
 def norm_weights(updates: list[ClientUpdate], alpha: float, r_max: int, a: str, b: str) -> torch.Tensor:
@@ -96,7 +98,7 @@ class HetLoRA(LoRAMethod):
         out = self.head_average(updates)
         for prefix, (a, b) in layers.items():
             w = norm_weights(updates, alpha, r_max, a, b)
-            out.update(lora.scaled_factor_average(updates, w, alpha, r_max, {prefix: (a, b)}))
+            out.update(lora.scaled_factor_average(updates, w, alpha, r_max, {prefix: (a, b)}, self.params.fold))
         clients = len(server_state["ranks"]) if "ranks" in server_state else 1 + max(u.client for u in updates)
         norms = server_state.get("pruned_norm", torch.full((clients,), math.nan, dtype=torch.float64)).clone()
         for u in updates:

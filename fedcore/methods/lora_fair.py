@@ -1,6 +1,6 @@
 """LoRA-FAIR (Bian, Wang, Zhang, Xu, ICCV 2025, "Federated LoRA Fine-Tuning with Aggregation and
 Initialization Refinement"; METHODS.md 5.2): the server averages the factors (A_bar, B_bar, as
-FedIT), and corrects B with a residual found by
+FedIT at one rank; mixed ranks below), and corrects B with a residual found by
 
     dB* = argmin_dB  sum_l [1 - cos(dW_l, (B_bar_l + dB_l) A_bar_l)] + lambda * R(dB),
     dW_l = sum_k p_k s_k B_k A_k   (the ideal update),  R = sum_l ||dB_l||_F  (or its square),
@@ -78,7 +78,8 @@ def solve_residual(ideal: dict[str, torch.Tensor], B_bar: dict[str, torch.Tensor
         d = torch.zeros_like(B, dtype=torch.float64)
         if p.delta_init == "xavier":
             bound = (6 / (B.shape[0] + B.shape[1])) ** 0.5
-            d = (torch.rand(B.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            # drawn on the CPU (the generator's device: the same draw on any machine), then moved to B's
+            d = ((torch.rand(B.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound).to(B.device)
         delta[key] = d.requires_grad_(True)
     opt = torch.optim.SGD(list(delta.values()), lr=p.server_lr)
     with torch.no_grad():
@@ -102,7 +103,8 @@ def solve_residual(ideal: dict[str, torch.Tensor], B_bar: dict[str, torch.Tensor
 
 class LoRAFAIR(LoRAMethod):
     name = "lora_fair"
-    summary = "LoRA-FAIR: FedIT averages plus a server residual on B towards the ideal update (cosine + lambda norm)"
+    summary = ("LoRA-FAIR: FedIT averages (mixed ranks: each slot over its holders) plus a server residual on B "
+               "towards the ideal update (cosine + lambda norm)")
     Params = LoRAFAIRParams
 
     def aggregate(self, global_state: State, server_state: State,
