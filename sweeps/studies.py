@@ -249,7 +249,7 @@ FED_LPFM_PROFILES = {
     "smoke": Profile(
         "smoke", "offline: synthetic topics corpus, TextCNN students, MiniLM zero-shot teacher, 5 clients, alpha 0.1 "
         "and 1, and a 2-classes-per-client split for FedAvg, FedProx (the paper's headline baseline) and Fed-LPFM "
-        "only (11 cells), 3 rounds; about 1.5 minutes on 2 CPU cores (the 8 Dirichlet cells took 1)",
+        "only (11 cells), 3 rounds; 101 s on 2 CPU cores (measured)",
         base={**_SMOKE, "eval": {"protocol": "class_filtered", "batch_size": 128}, "max_local_steps": 30},
         foundation_model="minilm-l6", alphas=(0.1, 1.0), rounds=lambda a: 3, num_samples=2, seeds=2,
         max_local_epochs=1, grace_rounds=2,

@@ -103,6 +103,15 @@ def test_lora_fair_paper_dry_run_prints_both_protocols(tmp_path, capsys):
     assert "rounds  50" in cell
     assert detail.startswith("30 clients (domain_dirichlet), 18 a round, batch 128, local epochs 5, at most 5 steps, "
                              "sgd lr 0.01 momentum tuned, LoRA r 16 alpha 16, lambda 0.01")
+    import torch
+
+    if not torch.cuda.is_available():  # the plan of a GPU profile prints on a machine without one, with a note
+        assert main(["lora_fair", "--profile", "paper", "--data-dir", str(tmp_path), "--dry-run"]) == 0
+        out = capsys.readouterr()
+        assert "note: profile paper trains on cuda and this machine has no GPU" in out.err
+        assert sum(ln.startswith("  lora_fair-") for ln in out.out.splitlines()) == 2
+        assert main(["lora_fair", "--profile", "paper", "--data-dir", str(tmp_path), "--cells", "lora_fair-domain-"]) == 2
+        assert "this machine has no GPU" in capsys.readouterr().err  # the launch itself still refuses
 
 
 def test_lora_fair_paper_rounds_follow_the_dataset(tmp_path, capsys):
