@@ -69,9 +69,10 @@ def svd_factors(delta: torch.Tensor, r: int, split: str = "B") -> tuple[torch.Te
     return A, B
 
 
-def energy_fractions(delta: torch.Tensor, bounds: list[int]) -> list[float]:
-    """Fraction of sum(sigma_i^2) in each rank partition (0, b1], (b1, b2], ... and beyond the last."""
-    s2 = torch.linalg.svdvals(delta.to(torch.float64)) ** 2
+def energy_fractions(delta: torch.Tensor, bounds: list[int], s2: torch.Tensor | None = None) -> list[float]:
+    """Fraction of sum(sigma_i^2) in each rank partition (0, b1], (b1, b2], ... and beyond the last
+    (s2: delta's squared singular values, when the caller has them already)."""
+    s2 = torch.linalg.svdvals(delta.to(torch.float64)) ** 2 if s2 is None else s2
     total = float(s2.sum())
     if total == 0:
         return [math.nan] * (len(bounds) + 1)
@@ -79,9 +80,9 @@ def energy_fractions(delta: torch.Tensor, bounds: list[int]) -> list[float]:
     return [float(s2[lo:hi].sum()) / total for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def effective_rank(delta: torch.Tensor) -> float:
-    """exp of the entropy of the normalised squared singular values."""
-    s2 = torch.linalg.svdvals(delta.to(torch.float64)) ** 2
+def effective_rank(delta: torch.Tensor, s2: torch.Tensor | None = None) -> float:
+    """exp of the entropy of the normalised squared singular values (s2, if given: delta's)."""
+    s2 = torch.linalg.svdvals(delta.to(torch.float64)) ** 2 if s2 is None else s2
     if float(s2.sum()) == 0:
         return math.nan
     p = s2 / s2.sum()

@@ -164,8 +164,9 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) 
     fractions, eff, increments = [], [], []
     for prefix, (a, b) in layers.items():
         delta = total(fed.global_state, fed.server_state, prefix, a, b)
-        fractions.append(lora.energy_fractions(delta, ranks))
-        eff.append(lora.effective_rank(delta))
+        s2 = torch.linalg.svdvals(delta) ** 2  # one SVD for both: they are on every LoRA round's path
+        fractions.append(lora.energy_fractions(delta, ranks, s2))
+        eff.append(lora.effective_rank(delta, s2))
         step = delta - total(prev_global, prev_server, prefix, a, b)
         increments.append(lora.energy_fractions(step, ranks[:1])[1])
     out: dict[str, float] = {}
