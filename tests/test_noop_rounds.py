@@ -10,8 +10,10 @@ taking no step: every client returns exactly what it was sent. What must hold:
   each client's held private tensors) do not change;
 - mixed ranks (several profiles, one client at rank 1, and partial participation): the part of the
   update every client holds (rank slots inside the smallest rank) does not change, for the global
-  model and for each client; no factor's norm and no singular value of the global update grows; and
-  the components beyond the smallest rank behave as the method's paper says (EXPECTED below).
+  model and for each client; no factor's norm and no singular value of the global update grows
+  (for the zero-padding methods from an SVD start; from the learned state, no slot's own term, see
+  SLOTWISE); and the components beyond the smallest rank behave as the method's paper says
+  (EXPECTED below, with the exact shrink factors of FedIT and FlexLoRA checked on their own).
 
 A method added to the registry is covered at once: it runs here with a config built from what it
 declares (requires_lora, needs_teacher, handles_mixed_ranks), and a method that handles mixed ranks
