@@ -26,6 +26,17 @@ def zero_beyond_rank(params: list[tuple[str, torch.nn.Parameter]], rank: int) ->
             p[:, rank:] = 0
 
 
+@torch.no_grad()
+def lower_rank(params: list[tuple[str, torch.nn.Parameter]], old: int, new: int) -> None:
+    """A client whose method lowered its rank from `old` to `new` (HetLoRA's pruning): its scale rises
+    from alpha / old to alpha / new, so B is multiplied by new / old (its kept slots' product keeps
+    its value) and the slots from `new` on are zeroed."""
+    for name, p in params:
+        if "lora_B." in name:
+            p.mul_(new / old)
+    zero_beyond_rank(params, new)
+
+
 def set_lora_scaling(model: torch.nn.Module, value: float) -> None:
     """peft's per-layer scaling (alpha / r): set to the training client's alpha / r_k."""
     for m in model.modules():
@@ -78,7 +89,9 @@ class SequentialExecutor:
                                 precision=cfg.precision)
             fed.method.on_local_end(ctx)
             stats.update(ctx.report)
-            if ctx.rank is not None:
+            if ctx.rank is not None and rank is not None and ctx.rank < rank:
+                lower_rank(fed.params, rank, ctx.rank)
+            elif ctx.rank is not None:
                 zero_beyond_rank(fed.params, ctx.rank)
             # the trained tensors themselves become the update (the next client gets fresh storage)
             updates.append(ClientUpdate(k, len(idx), {n: p.detach() for n, p in fed.params}, stats, ctx.rank))

@@ -240,8 +240,13 @@ def test_hetlora_pruning_lowers_the_rank_when_the_pruned_norm_falls():
     kept = s(4) * (b[:, :2].detach().double() @ a[:2].detach().double())
     m.on_local_end(ctx)
     assert ctx.rank == 2 and math.isnan(ctx.report["pruned_norm"])
-    # the kept slots' product keeps its value at the new scale alpha / 2: B was multiplied by 2 / 4
-    torch.testing.assert_close(s(2) * (b[:, :2].detach().double() @ a[:2].detach().double()), kept)
+    # the engine's step after a lowered rank: the kept slots' product keeps its value at alpha / 2
+    from fedcore.executors import lower_rank
+
+    a_k, b_k = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    lower_rank([(A0, a_k), (B0, b_k)], 4, ctx.rank)
+    torch.testing.assert_close(s(2) * (b_k.detach().double() @ a_k.detach().double()), kept)
+    assert torch.count_nonzero(b_k.detach()[:, 2:]) == 0 and torch.count_nonzero(a_k.detach()[2:]) == 0
     # later rounds compare with where the client ended its previous round (kept by the server)
     ctx2 = LocalContext(2, 0, 10, [(A0, a), (B0, b)], {}, rank=4,
                         server={"pruned_norm": torch.tensor([1e-3, 5.0], dtype=torch.float64)})

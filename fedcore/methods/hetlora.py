@@ -12,8 +12,8 @@ lambda * ||B[:, p:r]|| * ||A[p:r, :]|| (p = floor(gamma r), summed over layers) 
 client whose pruned-part norm ends the round below where it ended its previous round (below its
 start in its first round; METHODS.md 5.3) lowers its rank to p (never below min_rank); the server
 keeps each client's last pruned-part norm. Lowering the rank from r to p raises the client's scale
-from alpha / r to alpha / p, so its kept B columns are multiplied by p / r: its product keeps its
-value and only the pruned slots leave it. Pruning is the one way HetLoRA moves in a round in which
+from alpha / r to alpha / p; the engine multiplies its kept B columns by p / r (executors.lower_rank),
+so its product keeps its value and only the pruned slots leave it. Pruning is the one way HetLoRA moves in a round in which
 no client learns: the server's average can end below a client's own last norm, and the rule then
 prunes (by design of the rule; with prune_lambda 0 the aggregation alone is a fixed point inside
 the smallest rank)."""
@@ -84,11 +84,8 @@ class HetLoRA(LoRAMethod):
             with torch.no_grad():
                 end = float(pruned_norm(ctx.params, ctx.rank, self.params.gamma))
                 if end < ctx.scratch["pruned_norm_ref"]:
-                    old, new = ctx.rank, math.floor(self.params.gamma * ctx.rank)
-                    for name, p in ctx.params:  # keep the product under the new scale alpha / new
-                        if lora.B_TAG in name:
-                            p.mul_(new / old)
-                    ctx.rank = new  # the engine zeroes the slots from `new` on
+                    # the engine zeroes the slots from the new rank on and rescales B to its scale
+                    ctx.rank = math.floor(self.params.gamma * ctx.rank)
                     end = math.nan  # a new rank, a new pruned part: the next round starts its own reference
             ctx.report["pruned_norm"] = end
 
