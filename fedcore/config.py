@@ -257,13 +257,11 @@ class MethodConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_method(self) -> "MethodConfig":
-        from fedcore.methods import METHODS
+        from fedcore.methods import method_class
 
-        if self.name not in METHODS:
-            raise ValueError(
-                f"method.name: unknown method {self.name!r}; allowed: {', '.join(sorted(METHODS))}"
-            )
-        METHODS[self.name].parse_params(self.params)
+        # a built-in, a plugin's entry point name, or 'module:Class' (docs/plugins.md); an unknown
+        # name or an unusable plugin is one 'method.name: ...' line
+        method_class(self.name).parse_params(self.params)
         return self
 
 
@@ -364,7 +362,7 @@ class RunConfig(_Strict):
             if ranks is not None and len(ranks) != self.partition.num_clients:
                 raise ValueError(f"model.lora.ranks: {len(ranks)} ranks for {self.partition.num_clients} clients; "
                                  f"allowed: one rank per client")
-        from fedcore.methods import METHODS
+        from fedcore.methods import METHODS, method_class
 
         if self.teacher is None and self.model.head == "zero_shot":
             # the model's own frozen prior, read the same way: the teacher of FedPuReL's alignment, and
@@ -372,9 +370,9 @@ class RunConfig(_Strict):
             object.__setattr__(self, "teacher", TeacherConfig(
                 name=self.model.name, template=self.model.prompt, scale=self.model.logit_scale,
                 max_len=self.data.max_len))
-        elif self.teacher is None and METHODS[self.method.name].needs_teacher:
+        elif self.teacher is None and method_class(self.method.name).needs_teacher:
             object.__setattr__(self, "teacher", TeacherConfig())
-        method = METHODS[self.method.name]
+        method = method_class(self.method.name)
         if self.model.tuning == "lora" and self.model.lora.heterogeneous and not method.handles_mixed_ranks:
             # one rule for every method: a method declares that it rescales factors across ranks
             able = ", ".join(n for n, m in METHODS.items() if m.handles_mixed_ranks)
@@ -382,7 +380,7 @@ class RunConfig(_Strict):
                              f"({method.mixed_ranks_refusal}); got {self.model.lora.describe_ranks()}; allowed: one "
                              f"rank for every client (rank_profile 'homogeneous'), or a method that handles mixed "
                              f"ranks: {able}")
-        if METHODS[self.method.name].requires_lora and self.model.tuning != "lora":
+        if method_class(self.method.name).requires_lora and self.model.tuning != "lora":
             raise ValueError(
                 f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "
                 f"is {self.model.tuning!r}; allowed: model.tuning 'lora'"
@@ -393,10 +391,11 @@ class RunConfig(_Strict):
     def _client_teachers_need_distillation(self) -> "RunConfig":
         # Fed-LPFM's teacher ablations change only the training rows' teacher logits, which only a
         # distilling method reads; anywhere else they would build a teacher per client for nothing
-        from fedcore.methods import METHODS
+        from fedcore.methods import METHODS, method_class
 
         t = self.teacher
-        if t is None or not t.per_client_heads or getattr(METHODS[self.method.name], "distils_client_teachers", False):
+        if (t is None or not t.per_client_heads
+                or getattr(method_class(self.method.name), "distils_client_teachers", False)):
             return self
         field, value = (("teacher.per_client", t.per_client) if t.per_client is not None
                         else ("teacher.finetune_epochs", t.finetune_epochs))
@@ -486,3 +485,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file: {str(p)!r} must hold a mapping at the top level")
         data = loaded
     return make_config(data, **(overrides or {}))
+
+
+def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` items -> {dotted key: value}, each value read as YAML (0.1, true, [4, 8], null)
+    and kept as the plain string where it is not YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE (a dotted config field), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value  # e.g. an unbalanced bracket: the plain string
+    return out

@@ -51,7 +51,7 @@ FLAGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fedcore.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m fedcore.run", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (flags and --set override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="save the run's state here after every round")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--json-out", help="write every round's metrics and the per-client table here")
-    p.add_argument("--list-methods", action="store_true", help="print the method names and exit")
+    p.add_argument("--list-methods", action="store_true",
+                   help="print the methods (built-in, plugins; with --method, that one too) and exit")
     p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     return p
 
@@ -72,15 +73,9 @@ def overrides_from(args: argparse.Namespace) -> dict:
         value = getattr(args, flag)
         if value is not None:
             out[key] = value
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value  # not YAML (e.g. an unbalanced bracket): the plain string
-    return out
+    from fedcore.config import parse_assignments
+
+    return {**out, **parse_assignments(args.set)}
 
 
 def round_line(m: dict, total: int) -> str:
@@ -105,15 +100,38 @@ def client_table(fed) -> list[dict]:
     return rows
 
 
+def list_methods(named: str | None) -> int:
+    """One line per method: name, mixed LoRA ranks or not, summary, where it comes from. A plugin
+    entry point that cannot be used is listed as broken with its reason; `named` (--method, e.g. a
+    'module:Class') is checked and listed too, and exit status 2 says it cannot be used."""
+    from fedcore.methods import list_methods as methods
+
+    try:
+        rows = methods(named)
+    except ValueError as e:  # --method names nothing at all
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in rows:
+        if r.cls is None:
+            print(f"{r.name}\tbroken\t{r.reason}\t{r.origin}")
+        else:
+            ranks = "mixed LoRA ranks" if r.cls.handles_mixed_ranks else "one LoRA rank"
+            print(f"{r.name}\t{ranks}\t{r.cls.summary}\t{r.origin}")
+    if any(r.name == named and r.cls is None for r in rows):
+        from fedcore.methods import method_class
+
+        try:
+            method_class(named)
+        except ValueError as e:  # the reason, as a run naming it reports it
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fedcore.methods import METHODS
-
     if args.list_methods:
-        for name, m in METHODS.items():
-            ranks = "mixed LoRA ranks" if m.handles_mixed_ranks else "one LoRA rank"
-            print(f"{name}\t{ranks}\t{m.summary}")
-        return 0
+        return list_methods(args.method)
     from fedcore.config import ConfigError, load_config
     from fedcore.data import DataSourceError
     from fedcore.data.partition import PartitionError

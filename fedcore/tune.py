@@ -23,7 +23,7 @@ from ray import tune
 from fedcore.config import RunConfig, make_config
 from fedcore.federation import Federation
 from fedcore.local import DivergedError
-from fedcore.methods import METHODS
+from fedcore.methods import METHODS, method_class
 
 STATE_FILE = "fedcore_state.pt"
 
@@ -65,8 +65,10 @@ def run_trial(config: dict[str, Any], method: str | None = None) -> None:
 def trainable_for(method: str | None) -> Callable[[dict[str, Any]], None]:
     """The trainable of one method, or with None ("fedcore") of whichever method a trial's config
     names under "method.name": one trainable lets a sweep over several methods reuse its actors."""
-    if method is not None and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(sorted(METHODS))}")
+    if method is not None:
+        # fail on the driver, not in every trial; a plugin is resolved again by name in each worker
+        # (run_config_of), so its class never travels, only its name: workers import it themselves
+        method_class(method)
 
     def trainable(config: dict[str, Any]) -> None:
         run_trial(config, method)

@@ -4,6 +4,8 @@ the weak), then each cell's best configuration re-run with several seeds; prints
     python -m sweeps.launch --list
     python -m sweeps.launch fairness_paradox                       # smoke profile, offline
     python -m sweeps.launch fairness_paradox --profile local --data-dir ../shared/data/ag_news
+    python -m sweeps.launch fairness_paradox --data 'tsv:reviews.tsv?text=body&label=stars' --set rounds=5
+    python -m sweeps.launch rank_collapse --space 'optimizer.lr=loguniform(1e-4, 3e-3)' --dry-run
     python -m sweeps.launch fairness_paradox --dry-run --controls  # the plan, nothing runs
     python -m sweeps.launch fairness_paradox --resume              # continue an interrupted launch
 
@@ -13,13 +15,16 @@ with its state saved; the same command with --resume continues the latest launch
 profile and storage: finished trials are not run again, interrupted ones continue from their last
 checkpoint, in the same MLflow runs.
 
-Every cell's config is validated before Ray starts; a bad study, profile, flag value or data path
-gives one line and exit status 2.
+Every cell's config is validated and every distinct data section loaded (untensorized) before Ray
+starts, by --dry-run too; a bad study, profile, flag value, data file or partition gives one line
+and exit status 2. A launch in which some cell has no finished trial exits with status 1; each
+failed trial is one line naming its cell and its error file (the full traceback is there).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -32,18 +37,33 @@ from typing import Any
 
 from ray import tune
 
+from search_spaces.distributions import format_distribution
 from sweeps.schedule import CELL, STAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweeps.launch", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m sweeps.launch", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", nargs="?", help="study name (see --list)")
     p.add_argument("--list", action="store_true", help="print the studies, one per line, and exit")
     p.add_argument("--profile", default="smoke", help="smoke (default, offline), local or paper")
-    p.add_argument("--data-dir", help="local AG News copy (train.csv, test.csv), e.g. ../shared/data/ag_news")
+    p.add_argument("--data", metavar="URI", help="the data every cell trains on, as fedcore.run takes it: "
+                   "csv:PATH?text=COL&label=COL, tsv:PATH?..., hf:NAME, images:DIR, sklearn:digits, synthetic:topics "
+                   "(a study whose cells cover several datasets then covers this one)")
+    p.add_argument("--test-data", metavar="URI", help="a separate test set for --data (otherwise a fixed share of "
+                   "--data is held out)")
+    p.add_argument("--data-dir", help="shortcut for the layouts the profiles know: an AG News copy (train.csv, "
+                   "test.csv, e.g. ../shared/data/ag_news), or ../shared/data itself for profiles over AG News and "
+                   "DBpedia-14, or an image folder for the GPU profiles")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix any run-config field by its dotted name in every trial (e.g. rounds=5, "
+                   "data.max_train_samples=2000); a key the study tunes is then fixed instead; repeatable")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=DIST",
+                   help="tune KEY inside every cell with a distribution in Ray Tune's words: uniform(a, b), "
+                   "loguniform(a, b), quniform(a, b, q), randint(a, b) (b excluded), lograndint(a, b), "
+                   "qrandint(a, b, q), choice([x, y]); replaces the study's distribution for that key; repeatable")
     p.add_argument("--controls", action="store_true", help="add the control model levels (fm_full, fm_scratch)")
     p.add_argument("--cells", help="regular expression: run only the design cells whose name matches")
     p.add_argument("--num-samples", type=int, help="Optuna trials per design cell (profile value otherwise)")
@@ -73,10 +93,32 @@ class Interrupted(Exception):
     """A Tune stage returned with trials unfinished (Ctrl-C / SIGUSR1): its state is saved."""
 
 
+# keys the launch owns: --set cannot fix them
+OWN_KEYS = {"seed": "the seed runs use seeds 0..n-1 (--seeds n)", "device": "use --device",
+            "data.source": "use --data", "data.test_source": "use --test-data"}
+
+
+def user_settings(args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(--set values, --space distributions), by dotted key; ValueError on a malformed or clashing item."""
+    from fedcore.config import parse_assignments
+    from search_spaces.distributions import parse_space_items
+
+    sets, space = parse_assignments(args.set), parse_space_items(args.space)
+    for flag, keys in (("--set", sets), ("--space", space)):
+        for key in keys:
+            if key in OWN_KEYS:
+                raise ValueError(f"{flag} {key}: the launch sets it ({OWN_KEYS[key]})")
+    both = sorted(set(sets) & set(space))
+    if both:
+        raise ValueError(f"{both[0]} is both fixed (--set) and tuned (--space); give one")
+    return sets, space
+
+
 def plan(args, study, profile) -> list[dict[str, Any]]:
     """Validated (cell, base config, space) entries; raises ValueError before anything runs."""
     from fedcore.config import ConfigError, make_config
 
+    sets, extra_space = user_settings(args)
     cells = study.cells(profile, args.controls)
     if args.cells:
         cells = [c for c in cells if re.search(args.cells, study.cell_name(c))]
@@ -84,21 +126,54 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
             raise ValueError(f"--cells {args.cells!r} matches no cell of {study.name}")
     entries = []
     for cell in cells:
+        name, design = study.cell_name(cell), study.cell_overrides(cell, profile)
+        for key in sets:
+            if key in design:  # fixing it would turn several cells into one
+                raise ValueError(f"--set {key}: it is part of the study's design (cell {name} sets it to "
+                                 f"{design[key]!r}); choose cells with --cells, or sweep it in a study file")
         # a cell's own rounds (a dataset's, in a profile over several) win over the profile's rule
-        overrides = {"rounds": profile.rounds(cell["alpha"]), **study.cell_overrides(cell, profile),
+        overrides = {"rounds": profile.rounds(cell["alpha"]), **design,
                      **profile.model_overrides.get(cell["model"], {}), "device": args.device,
-                     **zero_shot_overrides(study, profile)}
-        space = study.space(cell, profile.max_local_epochs)
+                     **zero_shot_overrides(study, profile), **sets}
+        space = {**{k: d for k, d in study.space(cell, profile.max_local_epochs).items() if k not in sets},
+                 **extra_space}
         probe = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
         try:
             # a config of this cell must be valid; the device is checked where the trials run (a
             # cluster's head may have no GPU), so the driver validates the rest on the CPU
             cfg = make_config(profile.base, **{**overrides, "device": "cpu"}, **probe)
         except ConfigError as e:
-            raise ValueError(f"cell {study.cell_name(cell)}: {e}") from None
-        entries.append({"cell": cell, "name": study.cell_name(cell), "overrides": overrides, "space": space,
+            raise ValueError(f"cell {name}: {e}") from None
+        entries.append({"cell": cell, "name": name, "overrides": overrides, "space": space, "cfg": cfg,
                         "protocol": protocol(cfg, space)})
     return entries
+
+
+def check_data(study, entries: list[dict[str, Any]], dry_run: bool = False) -> dict[str, Any]:
+    """Load each distinct data section once and check every cell against it (sweeps/preflight.py); a
+    cell whose classes are bare numbers loses the zero-shot row (said once), and one whose method needs
+    class names as prompts is refused. Returns {cell name: DataInfo}; ValueError otherwise."""
+    from sweeps.preflight import check_data as load_and_check, note
+
+    infos = load_and_check(entries, log=lambda line: None, hub_optional=dry_run)
+    skipped = []
+    for e in entries:
+        info = infos[e["name"]]
+        if info is None or not info.bare_numbers or e["cfg"].teacher is None:
+            continue
+        if study.zero_shot_row and "teacher.name" in e["overrides"]:
+            for key in ("teacher.name", "teacher.max_len"):
+                e["overrides"].pop(key, None)
+            skipped.append(e["name"])
+        else:
+            raise ValueError(f"cell {e['name']}: its teacher {e['cfg'].teacher.name!r} reads the class names as "
+                             f"prompts, and {info.name}'s classes are bare numbers ({', '.join(info.class_names[:5])}"
+                             f"{', ...' if len(info.class_names) > 5 else ''}); name them with class_names=a,b,... "
+                             f"in the data URI")
+    if skipped:
+        note(f"no zero-shot row for {len(skipped)} cell(s): the data's classes are bare numbers, which a zero-shot "
+             f"head cannot read as prompts; name them with class_names=a,b,... in the data URI")
+    return infos
 
 
 def protocol(cfg, space) -> str:
@@ -162,8 +237,34 @@ class Progress(tune.Callback):
         print(f"  [{label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
               f"so far {best:.4f}; {self.running(trials, trial)} running", flush=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed, retried once: {error_line(trial.error_file)}",
+              flush=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed (see its error file)", flush=True)
+        # the storage copy outlives Ray's session folder, where trial.error_file lies
+        kept = Path(trial.path, "error.txt") if trial.path and "://" not in trial.path else trial.error_file
+        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed: {error_line(trial.error_file)} "
+              f"(traceback: {kept})", flush=True)
+
+
+def trial_dirname(trial) -> str:
+    """<cell>_<stage>_<trial id>: readable, and short enough for any file system (Tune's default
+    spells out the sampled config)."""
+    return f"{trial.config.get(CELL, 'trial')}_{trial.config.get(STAGE, '')}_{trial.trial_id}"
+
+
+def error_line(path: str | None) -> str:
+    """The exception line of a trial's error file (its traceback's last line)."""
+    try:
+        return last_line(Path(path).read_text(errors="replace"))
+    except (OSError, TypeError):
+        return "no error file"
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no message"
 
 
 SHORT = {"worst_client_acc": "worst", "balancedness": "bal", "mean_client_acc": "mean", "global_acc": "acc"}
@@ -192,7 +293,8 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 search_alg=CellSearch(cells, args.num_samples, args.seeds, study.objectives, args.sampler_seed,
                                       args.max_concurrent, scheduler=scheduler),
                 scheduler=scheduler,
-                num_samples=len(cells) * (args.num_samples + args.seeds), reuse_actors=True),
+                num_samples=len(cells) * (args.num_samples + args.seeds), reuse_actors=True,
+                trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[Progress(rounds, study.objectives),
@@ -209,7 +311,10 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
     for e in entries:
         seeded = [r for r in mine[e["name"]] if r.config.get(STAGE) == "seeds"]
         finished = [r for r in tuned[e["name"]] if ran_all_rounds(r.metrics, rounds[e["name"]])]
-        if not finished:
+        failed = [r for r in mine[e["name"]] if r.error is not None]
+        if not finished and failed and len(failed) == len(tuned[e["name"]]):
+            rows.append({"cell": e["name"], "error": f"every trial failed, e.g. {last_line(str(failed[0].error))}"})
+        elif not finished:
             rows.append({"cell": e["name"], "error": "no trial finished"})
         elif not seeded:
             # the search ended before this cell's seeds: stopped between trials (--resume runs them), or its
@@ -232,25 +337,34 @@ def cell_row(entry, seeded) -> dict[str, Any]:
     return row
 
 
-def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> None:
-    print(f"\n{'cell':<28}{'seeds':>6}  {'mean acc':>15}  {'worst acc':>15}  {'gap':>15}  {'balancedness':>15}")
+def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> str:
+    """The launch's result table, in percent, with the metric words of the reports."""
+    width = max([28, *(len(r["cell"]) + 2 for r in rows)])
+    heads = ("mean acc %", "worst acc %", "gap %", "balancedness %")
+    lines = [f"{'cell':<{width}}{'seeds':>6}  " + "  ".join(f"{h:>14}" for h in heads)]
     for r in rows:
         if "error" in r:
-            print(f"{r['cell']:<28}  {r['error']}")
+            lines.append(f"{r['cell']:<{width}}  {r['error']}")
             continue
-        cols = "  ".join(f"{r[k]:.4f} ± {r[k + '_sd']:.4f}"
+        cols = "  ".join(f"{100 * r[k]:>6.1f} ± {100 * r[k + '_sd']:<5.1f}"
                          for k in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"))
-        print(f"{r['cell']:<28}{r['seeds']:>6}  {cols}")
-    print(f"(mean ± sd over seeds of the final round; each cell's best configuration by {objective})")
+        lines.append(f"{r['cell']:<{width}}{r['seeds']:>6}  {cols}")
+    lines.append(f"(mean ± sd over seeds of the final round, in percent; each cell's best configuration by {objective})")
+    return "\n".join(lines)
+
+
+def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> None:
+    print("\n" + format_table(rows, objective))
 
 
 def prepare(args):
-    """Validate everything a launch needs: (study, profile, plan entries, resources); ValueError otherwise."""
+    """Validate everything a launch needs: (study, profile, plan entries, resources); ValueError otherwise.
+    Each entry's "data" is its cell's DataInfo (sweeps/preflight.py)."""
     from sweeps.studies import get_profile, get_study
 
     try:
         study = get_study(args.study)
-        profile = get_profile(study, args.profile, args.data_dir)
+        profile = get_profile(study, args.profile, args.data_dir, args.data, args.test_data)
     except KeyError as e:
         raise ValueError(e.args[0]) from None
     for flag in ("num_samples", "seeds", "max_concurrent"):
@@ -279,7 +393,10 @@ def prepare(args):
             print(f"note: {why}; the plan below is what the launch would run there", file=sys.stderr)
     elif resources["gpu"] > 0 and args.gpus_per_trial is None:
         resources["gpu"] = 0.0  # the profile's GPU share is for cuda training
-    return study, profile, plan(args, study, profile), resources
+    entries = plan(args, study, profile)
+    for name, info in check_data(study, entries, args.dry_run).items():
+        next(e for e in entries if e["name"] == name)["data"] = info
+    return study, profile, entries, resources
 
 
 def command(argv: list[str]) -> str:
@@ -290,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dry_run:  # the hub's datasets from the local cache only: a dry run takes seconds, not retries
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from sweeps.studies import STUDIES
     from sweeps.tracking import TrackingError, check_tracking_uri, default_tracking_uri, find_launch
 
@@ -324,13 +444,17 @@ def main(argv: list[str] | None = None) -> int:
     args.tracking_uri = tracking_uri
 
     trials = len(entries) * (args.num_samples + args.seeds)
-    print(f"study {study.name}, profile {profile.name}: {profile.summary}")
+    print(f"study {study.name}, profile {profile.name}: {profile.summary}"
+          + ("; its data replaced by --data" if args.data else ""))
     print(f"{len(entries)} design cells x ({args.num_samples} tuning + {args.seeds} seed trials) = {trials} trials; "
           f"objectives {', '.join(study.objectives)}; ASHA on {study.asha_metric}")
+    for info in dict.fromkeys(e["data"] for e in entries if e["data"] is not None):
+        print(f"data {info.line()}")
     for e in entries:
-        print(f"  {e['name']:<28} rounds {e['overrides']['rounds']:>3}  tunes {', '.join(e['space'])}")
+        print(f"  {e['name']:<28} rounds {e['overrides']['rounds']:>3}  tunes {', '.join(e['space']) or 'nothing'}")
         if args.dry_run:
             print(f"      {e['protocol']}")
+            print(f"      space: {'; '.join(f'{k}={format_distribution(d)}' for k, d in e['space'].items()) or 'none'}")
     if args.dry_run:
         return 0
 
@@ -340,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Tune's own tables would bury the progress lines below; verbose=0 silences them only with this
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # a failed trial is one line from Progress; Tune would also log its traceback, once per attempt
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):  # and the table says which did not complete
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     t0 = time.perf_counter()
     if launch is not None:
         parent, tune_dir = launch.info.run_id, launch.data.tags["tune_dir"]
@@ -368,11 +495,16 @@ def main(argv: list[str] | None = None) -> int:
               f"continue with: {command(resume)}", file=sys.stderr)
         return 130
     print_table(rows, study.objectives[0])
+    failed = [r["cell"] for r in rows if "error" in r]
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
     print(f"MLflow: experiment {study.name!r}, parent run {parent} in {tracking_uri}; "
           f"browse with `mlflow ui --backend-store-uri {tracking_uri}`; "
           f"tables and plots: python -m sweeps.report {study.name}"
           + ("" if tracking_uri == default_tracking_uri() else f" --tracking-uri {tracking_uri}"))
+    if failed:
+        print(f"error: {len(failed)} of {len(rows)} cells have no result ({', '.join(failed[:5])}"
+              f"{', ...' if len(failed) > 5 else ''}); see the failed trials above", file=sys.stderr)
+        return 1
     return 0
 
 

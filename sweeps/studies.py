@@ -6,6 +6,7 @@ foundation model and the budget. Flags of `python -m sweeps.launch` override pro
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -242,6 +243,15 @@ _SYNTHETIC = {"synthetic": {"data.source": "synthetic:topics?n=1500&test=200"}}
 # that give each group a class
 _SYNTHETIC_LT = {"synthetic": {"data.source": "synthetic:topics?n=1500&test=200", "eval.many_min": 200,
                                "eval.few_max": 50}}
+
+
+def _synthetic_or_ag_news(data_dir: str | None, synthetic: dict, ag_news_extra: dict | None = None) -> dict:
+    """A smoke profile's one dataset: the synthetic corpus, or AG News from --data-dir."""
+    if data_dir is None:
+        return synthetic
+    return {"ag_news": {**{f"data.{k}": v for k, v in ag_news_base(data_dir).items()}, **(ag_news_extra or {})}}
+
+
 _SMOKE = {"data": {"max_len": 16}, "partition": {"num_clients": 5}, "eval": {"batch_size": 128},
           "batch_size": 16, "torch_threads": 1}
 
@@ -259,7 +269,7 @@ FED_LPFM_PROFILES = {
         options={"students": ("textcnn",), "teachers": ("minilm-l6",), "classes_per_client": lp.CLASSES_PER_CLIENT,
                  "class_split_methods": ("fedavg", "fedprox", "fed_lpfm"), "per_client_teachers": ("minilm-l6", "tiny-bert"),
                  "finetune_epochs": 2},
-        datasets=lambda d: _SYNTHETIC),
+        datasets=lambda d: _synthetic_or_ag_news(d, _SYNTHETIC)),
     "local": Profile(
         "local", "AG News-LT and DBpedia-14-LT (imbalance 10; --data-dir ../shared/data, or the hub), TextCNN "
         "students, MiniLM teacher, 10 clients, alpha 0.01 to 1 and 2 classes per client",
@@ -294,7 +304,8 @@ FEDPUREL_PROFILES = {
         "smoke", "offline: long-tailed synthetic topics corpus (imbalance 10), MiniLM with its zero-shot head + "
         "LoRA, pooled partition of 5 clients (2 a round), beta 1, 3 rounds; about 2 minutes on 2 CPU cores",
         base=_PUREL_SMOKE, foundation_model="minilm-l6", alphas=(1.0,), rounds=lambda a: 3, num_samples=2, seeds=2,
-        max_local_epochs=1, grace_rounds=2, options={"imbalance_factors": (10,)}, datasets=lambda d: _SYNTHETIC_LT),
+        max_local_epochs=1, grace_rounds=2, options={"imbalance_factors": (10,)},
+        datasets=lambda d: _synthetic_or_ag_news(d, _SYNTHETIC_LT, {"eval.many_min": 1000, "eval.few_max": 200})),
     "local": Profile(
         "local", "AG News-LT and DBpedia-14-LT (--data-dir ../shared/data, or the hub), MiniLM zero-shot head + "
         "LoRA r 8, 10 clients (4 a round), imbalance 10 and 100, beta 0.1 and 1; a night on a laptop CPU",
@@ -360,10 +371,41 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
-def get_profile(study: Study, name: str, data_dir: str | None = None) -> Profile:
+def slug(name: str) -> str:
+    """A dataset's name as it can stand in a cell name (letters, digits, '.', '-', '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "data"
+
+
+def with_data(profile: Profile, study: Study, data: str, test_data: str | None) -> Profile:
+    """The profile on the user's data (--data, --test-data): every cell reads it; a profile whose
+    cells cover several datasets covers this one only, named after it."""
+    from fedcore.data.sources import check_uri, source_name
+
+    checked = {}
+    for flag, uri in (("--data", data), ("--test-data", test_data)):
+        try:
+            checked[flag] = check_uri(uri) if uri else None
+        except ValueError as e:
+            raise ValueError(f"{flag}: {e}") from None
+    data, test_data = checked["--data"], checked["--test-data"]
+    section = {"source": data, "test_source": test_data}
+    if profile.datasets is not None:
+        dotted = {f"data.{k}": v for k, v in section.items()}
+        return replace(profile, options={**profile.options, "datasets": {slug(source_name(data)): dotted}})
+    return replace(profile, base={**profile.base, "data": {**profile.base.get("data", {}), **section}})
+
+
+def get_profile(study: Study, name: str, data_dir: str | None = None, data: str | None = None,
+                test_data: str | None = None) -> Profile:
     if name not in study.profiles:
         raise KeyError(f"unknown profile {name!r} for {study.name}; allowed: {', '.join(study.profiles)}")
     profile = study.profiles[name]
+    if test_data and not data:
+        raise ValueError("--test-data needs --data (the training data it is the test set of)")
+    if data:
+        if data_dir is not None:
+            raise ValueError("give the data either as --data URI (and --test-data) or as --data-dir, not both")
+        return with_data(profile, study, data, test_data)
     if profile.datasets is not None:
         if data_dir is not None:
             missing = [f for f in profile.data_files if not (Path(data_dir) / f).exists()]

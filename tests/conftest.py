@@ -59,3 +59,19 @@ def launch_and_report(tmp_path, study: str, cells: str, *extra: str) -> tuple[st
                           str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr[-3000:]
     return out.stdout, rep.stdout
+
+
+def image_folders(root: Path, classes, per_class: int = 1, domains=None, splits=("train", "test")) -> Path:
+    """<split>/[<domain>/]<class>/<i>.png with tiny distinct images: enough rows for a launch's data
+    check to build its partitions (the dry runs load the data too)."""
+    import numpy as np
+    from PIL import Image
+
+    for split in splits:
+        for d in domains or (None,):
+            for c, cls in enumerate(classes):
+                folder = root / split / (d or "") / cls
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(per_class):
+                    Image.fromarray(np.full((4, 4, 3), (c * 7 + i) % 256, np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from search_spaces import fed_lpfm as lp
 from search_spaces import fedpurel as pr
 from sweeps.launch import main
 from sweeps.report_priors import fed_lpfm_report, fed_lpfm_rows, fed_lpfm_table, fedpurel_rows, fedpurel_table
 from sweeps.studies import get_profile, get_study
-from tests.conftest import SHARED_DATA, launch_and_report, study_configs
+from tests.conftest import SHARED_DATA, image_folders, launch_and_report, study_configs
 
 
 _configs = study_configs
@@ -100,12 +98,9 @@ def test_fedpurel_cells_and_space_cover_imbalance_heterogeneity_and_the_kl_ablat
     assert all(pr.CIFAR100_COARSE.count(g) == 5 for g in range(20))
 
 
-def _image_dir(tmp_path):
-    for split in ("train", "test"):
-        for cls in ("apple", "bee"):
-            (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / split / cls / "0.png")
-    return tmp_path
+def _image_dir(tmp_path, classes=10):
+    # CIFAR-10's class count (CIFAR-100's for FedPuReL's coarse groups); 3 images each for 20 clients
+    return image_folders(tmp_path, [f"class{c:03d}" for c in range(classes)], 3)
 
 
 @pytest.mark.parametrize("study", ["fed_lpfm", "fedpurel"])
@@ -113,7 +108,7 @@ def _image_dir(tmp_path):
 def test_every_profile_plans(study, profile, tmp_path, capsys):
     extra = ["--device", "cpu"] if profile == "paper" else []
     if profile == "paper":
-        extra += ["--data-dir", str(_image_dir(tmp_path))]
+        extra += ["--data-dir", str(_image_dir(tmp_path, 100 if study == "fedpurel" else 10))]
     elif profile == "local" and (SHARED_DATA / "dbpedia14" / "meta.txt").is_file():
         extra += ["--data-dir", str(SHARED_DATA)]
     assert main([study, "--profile", profile, "--dry-run", *extra]) == 0
@@ -214,7 +209,7 @@ def test_fedpurel_rows_put_gm_and_pm_side_by_side_with_the_zero_shot_row():
     assert [r["method"] for r in rows] == ["Zero-shot", "FedAvg FT", "FedPuReL", "FedPuReL (KL)"]
     purel = rows[2]
     assert purel["gm_all"][0] == pytest.approx(0.6) and purel["gm_few"][0] == pytest.approx(0.63)
-    assert purel["pm_all"][0] == pytest.approx(0.65) and purel["pm_bal"][0] == pytest.approx(0.69)
+    assert purel["pm_all"][0] == pytest.approx(0.65) and purel["pm_balancedness"][0] == pytest.approx(0.69)
     assert rows[0]["gm_all"] == (0.3, 0.0) and rows[0]["seeds"] == 1  # the prior's row, once per seed
     table = fedpurel_table(rows)
     assert "ag_news-LT, IF 100, beta 1" in table and "69.77" in table  # beside the paper's CIFAR-100-LT row

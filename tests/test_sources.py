@@ -118,7 +118,7 @@ def test_relative_paths_are_made_absolute(tmp_path, monkeypatch):
 def test_empty_headerless_file_is_explained(tmp_path):
     f = tmp_path / "e.csv"
     f.write_text("")
-    with pytest.raises(DataSourceError, match="is empty"):
+    with pytest.raises(DataSourceError, match="has no rows; a data source needs labelled samples"):
         load_source(f"csv:{f}?header=none&text=1&label=0")
 
 

@@ -128,8 +128,24 @@ def _tensorize(cfg, ds: RawDataset) -> tuple[dict, dict, int | None, int | None]
     return tr, te, vocab_size, None
 
 
-def load_federated(cfg) -> FederatedData:
-    ds = _pool_and_test(cfg)
+def load_raw(cfg) -> RawDataset:
+    """The config's pool and global test set, untensorized (DataSourceError where they cannot be read)."""
+    return _pool_and_test(cfg)
+
+
+def check_data(cfg, ds: RawDataset) -> None:
+    """What a run would refuse about this data before training (the model's input kind, a partition
+    that cannot be built at the config's seed), as DataSourceError / PartitionError; cheap, no tensors."""
+    from fedcore.models import input_kind
+
+    want = input_kind(cfg.model.name)
+    if want != ds.kind:
+        raise DataSourceError(f"model.name: {cfg.model.name!r} takes {want} input but {cfg.data.source!r} gives {ds.kind}")
+    _clients(cfg, ds)
+
+
+def _clients(cfg, ds: RawDataset) -> tuple[Partition, list, list, str]:
+    """(partition, client training rows, client test rows, where the test rows index)."""
     if cfg.partition.kind == "pooled":  # its own local test splits (eval.protocol pooled_local)
         part, test_idx = pooled_partition(ds.train.labels, ds.test.labels, cfg.partition, cfg.partition_seed)
         train_idx, test_on = part.clients, "test"
@@ -148,6 +164,12 @@ def load_federated(cfg) -> FederatedData:
         train_idx = part.clients
         test_idx = class_filtered(ds.train.labels, part.clients, ds.test.labels, ds.train.domains, ds.test.domains)
         test_on = "test"
+    return part, train_idx, test_idx, test_on
+
+
+def load_federated(cfg) -> FederatedData:
+    ds = _pool_and_test(cfg)
+    part, train_idx, test_idx, test_on = _clients(cfg, ds)
     tr, te, vocab_size, in_features = _tensorize(cfg, ds)
     if cfg.teacher is not None:
         if ds.kind == "features":
@@ -210,4 +232,4 @@ def take(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.
     return out
 
 
-__all__ = ["FederatedData", "load_federated", "take", "DataSourceError"]
+__all__ = ["FederatedData", "load_federated", "load_raw", "check_data", "take", "DataSourceError"]

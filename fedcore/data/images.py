@@ -75,7 +75,10 @@ def read_image_folder(path: str | Path, layout: str = "class", root: str | None 
         images = []
         for r, h in keep:
             data = tar.extractfile(h).read() if tar is not None else Path(h).read_bytes()
-            img = Image.open(io.BytesIO(data)).convert("RGB")
+            try:
+                img = Image.open(io.BytesIO(data)).convert("RGB")
+            except OSError as e:  # PIL names the buffer, not the file
+                raise ValueError(f"{path}: {r} is not a readable image ({type(e).__name__})") from None
             if size is None:
                 size = img.size[0]
             if img.size != (size, size):

@@ -17,6 +17,10 @@
         (domains=identity,gray,invert,blur,lowcontrast).
     synthetic:topics[?classes=4&n=4000&test=800&seed=0&signal=0.3]
         A generated text corpus (fedcore/data/synthetic.py), labelled synthetic.
+
+Every scheme also takes `name=` (the dataset's name in reports and MLflow tags); without it the
+name is the file's or folder's stem, or its parent folder's where the stem is generic
+(ag_news/train.csv is `ag_news`), or the hub dataset's name.
 """
 from __future__ import annotations
 
@@ -84,6 +88,30 @@ _ALLOWED_PARAMS = {
     "images": {"layout", "root", "size", "domains", "class_names"},
     "synthetic": {"classes", "n", "test", "seed", "signal", "confuse"},
 }
+for _allowed in _ALLOWED_PARAMS.values():
+    _allowed.add("name")  # the dataset's name in reports and tags (source_name otherwise)
+
+# file or folder stems that say nothing about the dataset: its folder names it instead
+_GENERIC_STEMS = ("train", "training", "data", "dataset", "all", "full")
+
+
+def source_name(uri: str) -> str:
+    """The dataset's name: the URI's `name=`, else a local file's or folder's stem (its parent
+    folder's where the stem is generic: ag_news/train.csv -> ag_news), else the hub name."""
+    scheme, target, params = parse_uri(uri)
+    if params.get("name"):
+        return params["name"]
+    if scheme in ("csv", "tsv", "images"):
+        path = Path(target).expanduser().resolve()
+        stem = path.name.split(".")[0]
+        if stem.lower().startswith(_GENERIC_STEMS) and path.parent.name:
+            return path.parent.name
+        return stem
+    if scheme == "synthetic":
+        return "synthetic:topics (SYNTHETIC)"
+    if scheme == "sklearn":
+        return "sklearn:digits" + (" (images)" if params.get("images") == "1" else "")
+    return target
 
 
 _NUMERIC = {"classes": int, "n": int, "test": int, "seed": int, "signal": float, "confuse": float,
@@ -156,15 +184,21 @@ def load_source(uri: str, partial_labels: bool = False) -> RawDataset:
     check_uri(uri)
     scheme, target, params = parse_uri(uri)
     if scheme == "synthetic":
-        return _load_synthetic(params)
-    if scheme == "sklearn":
-        return _load_digits(params)
-    if scheme == "images":
-        return _load_images(target, params)
-    if scheme in ("csv", "tsv"):
+        ds = _load_synthetic(params)
+    elif scheme == "sklearn":
+        ds = _load_digits(params)
+    elif scheme == "images":
+        ds = _load_images(target, params)
+    elif scheme in ("csv", "tsv"):
         split, names = _load_delimited(target, params, "," if scheme == "csv" else "\t", partial_labels)
-        return RawDataset(Path(target).name, "text", split, None, names)
-    return _load_hf(target, params)
+        ds = RawDataset("", "text", split, None, names)
+    else:
+        ds = _load_hf(target, params)
+    ds.name = source_name(uri)
+    for split, what in ((ds.train, "rows"), (ds.test, "test rows")):
+        if split is not None and len(split) == 0:
+            raise DataSourceError(f"{uri!r} has no {what}; a data source needs labelled samples")
+    return ds
 
 
 def load_test_split(uri: str, class_names: list[str], domain_names: list[str] | None = None) -> Split:
@@ -342,11 +376,13 @@ def _load_delimited(path: str, p: dict[str, str], delimiter: str, partial: bool 
     path = str(Path(path).expanduser().resolve())
     has_header = p.get("header", "true").lower() not in ("none", "false", "0", "no")
     kwargs: dict = {"delimiter": delimiter}
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        first, second = next(reader, None), next(reader, None)
+    if not first or (has_header and second is None):
+        raise DataSourceError(f"{path} has no rows{' below its header' if first else ''}; a data source needs "
+                              f"labelled samples")
     if not has_header:
-        with open(path, newline="", encoding="utf-8") as f:
-            first = next(csv.reader(f, delimiter=delimiter), None)
-        if not first:
-            raise DataSourceError(f"{path} is empty")
         ncols = len(first)
         kwargs["column_names"] = [str(i) for i in range(ncols)]
         kwargs["header"] = None

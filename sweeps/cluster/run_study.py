@@ -119,7 +119,7 @@ def ensure_mlflow(uri: str, repo: Path, wait_s: float = 90) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python sweeps/cluster/run_study.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python sweeps/cluster/run_study.py", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-mlflow-server", action="store_true",
                    help="never start mlflow/server.sh (the tracking URI must already answer)")

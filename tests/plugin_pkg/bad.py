@@ -1,0 +1,19 @@
+"""Classes that must be refused as methods, each for one reason (tests/test_plugins.py)."""
+from fedcore.methods.fedavg import FedAvg
+
+
+class NotAMethod:  # the right shape, but not a fedcore Method
+    name = "not_a_method"
+    summary = "not a subclass of Method"
+
+    def aggregate(self, global_state, server_state, updates):
+        return global_state, server_state
+
+
+class Imposter(FedAvg):  # takes a built-in's name
+    name = "fedavg"
+    summary = "a second fedavg"
+
+
+class Nameless(FedAvg):  # would run under the name it inherits, 'fedavg'
+    summary = "forgot its name"
