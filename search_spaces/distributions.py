@@ -42,7 +42,10 @@ def parse_distribution(text: str, key: str = "") -> BaseDistribution:
     where = f"{key}: " if key else ""
     m = _CALL.match(text) if isinstance(text, str) else None
     if not m or m.group(1) not in NAMES:
-        raise DistributionError(f"{where}{text!r} is not a distribution; allowed: "
+        # YAML's flow style ({k: randint(1, 6)}) splits an unquoted call at its comma
+        hint = (" (inside {...} or [...] in YAML, quote it: 'randint(1, 6)')"
+                if isinstance(text, str) and "(" in text and ")" not in text else "")
+        raise DistributionError(f"{where}{text!r} is not a distribution{hint}; allowed: "
                                 + ", ".join(f"{n}(...)" for n in NAMES) + ", e.g. loguniform(1e-4, 1e-2)")
     name, inner = m.groups()
     try:

@@ -46,9 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sweeps.launch", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("study", nargs="?", help="study name (see --list)")
+    p.add_argument("study", nargs="?", help="a built-in study's name (see --list), or a study file (.yaml; "
+                   "see docs/studies.md, or --print-study for a built-in one to copy)")
     p.add_argument("--list", action="store_true", help="print the studies, one per line, and exit")
-    p.add_argument("--profile", default="smoke", help="smoke (default, offline), local or paper")
+    p.add_argument("--profile", help="built-in studies: smoke (default, offline), local or paper; a study file: "
+                   "one of its profiles (default: the first it lists)")
     p.add_argument("--data", metavar="URI", help="the data every cell trains on, as fedcore.run takes it: "
                    "csv:PATH?text=COL&label=COL, tsv:PATH?..., hf:NAME, images:DIR, sklearn:digits, synthetic:topics "
                    "(a study whose cells cover several datasets then covers this one)")
@@ -64,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune KEY inside every cell with a distribution in Ray Tune's words: uniform(a, b), "
                    "loguniform(a, b), quniform(a, b, q), randint(a, b) (b excluded), lograndint(a, b), "
                    "qrandint(a, b, q), choice([x, y]); replaces the study's distribution for that key; repeatable")
-    p.add_argument("--controls", action="store_true", help="add the control model levels (fm_full, fm_scratch)")
+    p.add_argument("--controls", action="store_true", help="add the study's control levels (fairness_paradox: "
+                   "fm_full, fm_scratch; a study file: its controls: section)")
     p.add_argument("--cells", help="regular expression: run only the design cells whose name matches")
     p.add_argument("--num-samples", type=int, help="Optuna trials per design cell (profile value otherwise)")
     p.add_argument("--seeds", type=int, help="seeds for re-running each cell's best configuration")
-    p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (default 2)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: the study file's "
+                   "budget.max_concurrent, else 2)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (fractions share a GPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where trials train (profile value otherwise: "
@@ -80,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the Optuna sampler")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted launch of this study, "
                    "profile and storage (finished trials are kept, interrupted ones continue from their checkpoints)")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="validate, load the data, and print the plan; run nothing")
+    p.add_argument("--print-study", action="store_true", help="print the study as a study file (to copy and edit) "
+                   "and exit")
     return p
 
 
@@ -119,7 +125,7 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
     from fedcore.config import ConfigError, make_config
 
     sets, extra_space = user_settings(args)
-    cells = study.cells(profile, args.controls)
+    cells = study.cells(profile)
     if args.cells:
         cells = [c for c in cells if re.search(args.cells, study.cell_name(c))]
         if not cells:
@@ -127,15 +133,15 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
     entries = []
     for cell in cells:
         name, design = study.cell_name(cell), study.cell_overrides(cell, profile)
+        fixed = study.design_keys(cell, profile) if study.design_keys else set(design)
         for key in sets:
-            if key in design:  # fixing it would turn several cells into one
+            if key in fixed:  # fixing it would turn several cells into one
                 raise ValueError(f"--set {key}: it is part of the study's design (cell {name} sets it to "
                                  f"{design[key]!r}); choose cells with --cells, or sweep it in a study file")
         # a cell's own rounds (a dataset's, in a profile over several) win over the profile's rule
-        overrides = {"rounds": profile.rounds(cell["alpha"]), **design,
-                     **profile.model_overrides.get(cell["model"], {}), "device": args.device,
+        overrides = {"rounds": profile.rounds, **design, "device": args.device,
                      **zero_shot_overrides(study, profile), **sets}
-        space = {**{k: d for k, d in study.space(cell, profile.max_local_epochs).items() if k not in sets},
+        space = {**{k: d for k, d in study.space(cell).items() if k not in sets},
                  **extra_space}
         probe = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
         try:
@@ -299,7 +305,8 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
                 callbacks=[Progress(rounds, study.objectives),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
-                                        {e["name"]: {**e["cell"], "name": e["name"]} for e in entries})]))
+                                        {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
+                                        {e["name"]: data_tags(e["data"]) for e in entries})]))
     grid = tuner.fit()
     results = list(grid)
     mine = {e["name"]: [r for r in results if r.config.get(CELL) == e["name"]] for e in entries}
@@ -360,13 +367,17 @@ def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc")
 def prepare(args):
     """Validate everything a launch needs: (study, profile, plan entries, resources); ValueError otherwise.
     Each entry's "data" is its cell's DataInfo (sweeps/preflight.py)."""
-    from sweeps.studies import get_profile, get_study
+    from sweeps.studies import get_profile
+    from sweeps.study_file import StudyFileError
 
     try:
-        study = get_study(args.study)
+        study = find_study(args.study, args.profile, args.controls)
+        args.profile = args.profile or next(iter(study.profiles))
         profile = get_profile(study, args.profile, args.data_dir, args.data, args.test_data)
-    except KeyError as e:
+    except (KeyError, StudyFileError) as e:
         raise ValueError(e.args[0]) from None
+    if args.max_concurrent is None:
+        args.max_concurrent = profile.options.get("max_concurrent") or 2
     for flag in ("num_samples", "seeds", "max_concurrent"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -399,6 +410,49 @@ def prepare(args):
     return study, profile, entries, resources
 
 
+def data_tags(info) -> dict[str, str]:
+    """A cell's data as MLflow tags (the reports name the data and its classes from them)."""
+    if info is None:
+        return {}
+    return {"data_name": info.name, "data_classes": ",".join(info.class_names), "data_kind": info.kind,
+            "data_synthetic": str(info.synthetic).lower()}
+
+
+def launch_tags(study, entries) -> dict[str, str]:
+    """The parent run's tags beyond the launch's own: its data, and the study file it ran."""
+    infos = list(dict.fromkeys(e["data"] for e in entries if e["data"] is not None))
+    tags = {"data_name": ", ".join(i.name for i in infos)} if infos else {}
+    if len(infos) == 1:
+        tags.update({k: v for k, v in data_tags(infos[0]).items() if k != "data_name"})
+    if study.source:
+        tags.update({"study_file": study.source, "study_sha": study.sha})
+    return tags
+
+
+def print_study(args) -> int:
+    """--print-study: the study file (a built-in's lies in studies/)."""
+    from sweeps.study_file import StudyFileError
+
+    try:
+        study = find_study(args.study, args.profile, False)
+    except (KeyError, StudyFileError) as e:
+        return fail(e.args[0])
+    if study.source is None:
+        return fail(f"{study.name} is not written as a study file yet")
+    print(Path(study.source).read_text(), end="")
+    return 0
+
+
+def find_study(name: str, profile: str | None, controls: bool):
+    """A built-in study by name, or a study file by path (resolved for this profile and --controls)."""
+    from sweeps.studies import get_study
+    from sweeps.study_file import is_study_file, load_study
+
+    if is_study_file(name):
+        return load_study(name, profile, controls)
+    return get_study(name, profile, controls)
+
+
 def command(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", "sweeps.launch", *argv])
 
@@ -410,15 +464,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:  # the hub's datasets from the local cache only: a dry run takes seconds, not retries
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from sweeps.studies import STUDIES
+    from sweeps.studies import study_summaries
     from sweeps.tracking import TrackingError, check_tracking_uri, default_tracking_uri, find_launch
 
     if args.list:
-        for name, s in STUDIES.items():
-            print(f"{name}\t{s.summary}")
+        for name, summary in study_summaries().items():
+            print(f"{name}\t{summary}")
         return 0
     if not args.study:
         return fail("name a study (python -m sweeps.launch --list shows them)")
+    if args.print_study:
+        return print_study(args)
     storage = args.storage.rstrip("/") if "://" in args.storage else str(Path(args.storage).resolve())
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
@@ -433,8 +489,13 @@ def main(argv: list[str] | None = None) -> int:
             # the plan is the original launch's: its flags, with this command's resume/address
             original = parser.parse_args(json.loads(launch.data.tags["argv"]))
             original.resume, original.address = True, args.address or original.address
+            original.study = launch.data.tags.get("study_file") or original.study  # from any directory
             args = original
             study, profile, entries, resources = prepare(args)
+            if study.sha != launch.data.tags.get("study_sha", study.sha):
+                raise ValueError(f"--resume: the study file {study.source} changed since launch {launch.info.run_id} "
+                                 f"(hash {launch.data.tags['study_sha']}, now {study.sha}); restore it, or start a "
+                                 f"new launch")
             old = Path(launch.data.tags["tune_dir"])
             if "://" not in str(old) and not (old / TRIALS).exists() and any(old.glob("*-tune")):
                 raise ValueError(f"--resume: launch {launch.info.run_id} was made by an earlier version (one Tune "
@@ -460,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from sweeps.tracking import end_run, reopen_run, start_parent_run
+    from sweeps.tracking import end_run, reopen_run, start_parent_run, summarize_launch
 
     # Tune's own tables would bury the progress lines below; verbose=0 silences them only with this
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -474,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming launch {parent} from {tune_dir}")
     else:
         tune_dir = f"{storage}/{study.name}-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        _, parent = start_parent_run(tracking_uri, study.name, profile.name, argv, tune_dir, storage)
+        _, parent = start_parent_run(tracking_uri, study.name, profile.name, argv, tune_dir, storage,
+                                     tags=launch_tags(study, entries))
     if args.address:
         ray.init(address=args.address)
     else:
@@ -495,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
               f"continue with: {command(resume)}", file=sys.stderr)
         return 130
     print_table(rows, study.objectives[0])
+    summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0]))
     failed = [r["cell"] for r in rows if "error" in r]
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
     print(f"MLflow: experiment {study.name!r}, parent run {parent} in {tracking_uri}; "

@@ -31,7 +31,7 @@ class DataInfo:
 
     def line(self) -> str:
         names = ", ".join(self.class_names[:6]) + (f", ... ({len(self.class_names)} in all)" if len(self.class_names) > 6 else "")
-        return (f"{self.name}: {self.n_train} train / {self.n_test} test {self.kind} samples, "
+        return (f"{self.name}: {self.n_train} train / {self.n_test} test samples ({self.kind}), "
                 f"{len(self.class_names)} classes ({names})")
 
 

@@ -1,6 +1,11 @@
 """MLflow tracking of a launch: one experiment per study, one parent run per launch, one child run
 per trial (Ray's MLflowLoggerCallback: params, and every round as a step of every metric) with the
-final per-client and per-class tables (CSV) and a per-client plot (PNG) as artifacts."""
+final per-client and per-class tables (CSV) and a per-client plot (PNG) as artifacts.
+
+What a user sees: a child run is named by its cell, stage and number (`fm_lora-a0.1-fedavg / tune 3`,
+`fm_lora-a0.1-fedavg / seed 1`) and holds the config the trial ran with, once per field (the validated
+RunConfig by dotted name); the parent run's description holds the launch's result table and its
+metrics one summary per cell (`<cell>/worst_client_acc`, summarize_launch)."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +13,7 @@ import json
 import logging
 import math
 import numbers
+import re
 import shlex
 import subprocess
 import sys
@@ -79,14 +85,15 @@ def experiment_id(uri: str, study: str) -> str:
 
 
 def start_parent_run(uri: str, study: str, profile: str, argv: list[str], tune_dir: str,
-                     storage: str) -> tuple[str, str]:
+                     storage: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Open the launch's parent run: (experiment id, run id). `tune_dir` (where this launch's Tune
-    experiments live) and `storage` are tags, so that --resume finds the launch again."""
+    experiments live) and `storage` are tags, so that --resume finds the launch again. `tags`: more
+    tags of the launch (e.g. data_name, data_classes); they cannot replace the ones above."""
     from mlflow.tracking import MlflowClient
 
     exp_id = experiment_id(uri, study)
     run = MlflowClient(tracking_uri=uri).create_run(exp_id, run_name=f"{study}-{profile}", tags={
-        "git_commit": git_commit(), "profile": profile,
+        **{k: str(v) for k, v in (tags or {}).items()}, "git_commit": git_commit(), "profile": profile,
         "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "sweeps.launch", *argv]),
         "kind": "launch", "tune_dir": tune_dir, "storage": storage, "argv": json.dumps(argv)})
     return exp_id, run.info.run_id
@@ -136,19 +143,23 @@ def _tables(result: dict[str, Any]) -> tuple[list[tuple[str, float]], list[tuple
 
 
 class TrialTracker(MLflowLoggerCallback):
-    """Ray's MLflow callback, with each trial run nested under the launch's parent run, tagged with
-    its design cell (`cell.*`, from the trial config's `_cell`) and stage, and the final per-client /
-    per-class accuracy tables and plot logged as artifacts.
+    """Ray's MLflow callback, with each trial run nested under the launch's parent run, named by its
+    cell, stage and number (`<cell> / tune 3`, `<cell> / seed 1`), tagged with its design cell
+    (`cell.*`, from the trial config's `_cell`), stage and the cell's `cell_tags`, holding the config
+    the trial ran with as params (trial_params), and the final per-client / per-class accuracy
+    tables and plot as artifacts.
 
     Resume-safe: a restored trial (same trial name under the same parent and stage) keeps its MLflow
-    run instead of opening a second one, and metrics are stepped by `round`, not by Tune's
-    training_iteration, so that the steps of a resumed trial continue where they stopped."""
+    run, and so its name, instead of opening a second one, and metrics are stepped by `round`, not by
+    Tune's training_iteration, so that the steps of a resumed trial continue where they stopped."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str,
-                 cells: dict[str, dict[str, Any]] | None = None):
+                 cells: dict[str, dict[str, Any]] | None = None,
+                 cell_tags: dict[str, dict[str, str]] | None = None):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id}, save_artifact=False)
         self.cells = cells or {}
+        self.cell_tags = cell_tags or {}
 
     @property
     def client(self):
@@ -165,34 +176,58 @@ class TrialTracker(MLflowLoggerCallback):
     def trial_tags(self, trial) -> dict[str, str]:
         from sweeps.schedule import CELL, STAGE
 
-        tags = {**self.tags, "trial_name": str(trial)}
         name, stage = trial.config.get(CELL), trial.config.get(STAGE)
+        # the cell's own tags first: they describe it (its data), they cannot replace the ones below
+        tags = {**{k: str(v) for k, v in self.cell_tags.get(name, {}).items()}, **self.tags, "trial_name": str(trial)}
         if name is not None:
             tags["stage"] = f"{name}/{stage}"
             tags.update({f"cell.{k}": str(v) for k, v in {**self.cells.get(name, {}), "name": name, "stage": stage}.items()})
         return tags
 
-    def _existing_run(self, trial, stage: str | None) -> str | None:
-        client = self.client
-        exp = client.get_experiment_by_name(self.experiment_name)
+    def _stage_runs(self, stage: str | None) -> list:
+        """The runs of this launch in `stage` (every run of the launch without one), deleted ones
+        included: their numbers stay taken."""
+        from mlflow.entities import ViewType
+
+        exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is None:
-            return None
-        for run in client.search_runs([exp.experiment_id], filter_string=f"tags.trial_name = '{trial}'"):
-            tags = run.data.tags
-            if tags.get("mlflow.parentRunId") == self.tags["mlflow.parentRunId"] and tags.get("stage") == stage:
-                return run.info.run_id
+            return []
+        parent = self.tags["mlflow.parentRunId"]
+        filt = f"tags.mlflow.parentRunId = '{parent}'"
+        if stage is not None and _SAFE_VALUE.match(stage):
+            filt += f" and tags.stage = '{stage}'"
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([exp.experiment_id], filter_string=filt, run_view_type=ViewType.ALL,
+                                           max_results=1000, page_token=token)
+            runs += [r for r in page if r.data.tags.get("stage") == stage]
+            token = page.token
+            if not token:
+                return runs
+
+    def _existing_run(self, trial, runs: list):
+        for run in runs:  # the trial_name tag finds a resumed trial's run
+            if run.data.tags.get("trial_name") == str(trial) and run.info.lifecycle_stage == "active":
+                return run
         return None
 
     def log_trial_start(self, trial):
+        params = trial_params(trial.config)
+        logged: dict[str, str] = {}
         if trial not in self._trial_runs:
             tags = self.trial_tags(trial)
-            run_id = self._existing_run(trial, tags.get("stage"))
-            if run_id is not None:
-                self.client.update_run(run_id, status="RUNNING")
+            runs = self._stage_runs(tags.get("stage"))
+            run = self._existing_run(trial, runs)
+            if run is not None:
+                self.client.update_run(run.info.run_id, status="RUNNING")
+                run_id, logged = run.info.run_id, run.data.params
             else:
-                run_id = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
+                name = child_run_name(trial.config, len(runs) + 1) or str(trial)
+                run_id = self.mlflow_util.start_run(tags=tags, run_name=name).info.run_id
             self._trial_runs[trial] = run_id
-        log_params(self.client, self._trial_runs[trial], trial.config)
+        else:  # the same trial started again in this launch (a retry after a failure)
+            logged = self.client.get_run(self._trial_runs[trial]).data.params
+        log_params(self.client, self._trial_runs[trial], params, logged)
 
     def log_trial_result(self, iteration: int, trial, result: dict):
         step = int(result.get("round") or result.get("training_iteration") or iteration)
@@ -206,6 +241,64 @@ class TrialTracker(MLflowLoggerCallback):
                 for path in write_artifacts(result, Path(d)):
                     self.client.log_artifact(run_id, str(path))
         super().log_trial_end(trial, failed)
+
+
+# a value that can stand in a search filter's quotes as it is (cell names, stages)
+_SAFE_VALUE = re.compile(r"^[\w.\-/ ]*$")
+
+
+def child_run_name(config: dict[str, Any], number: int) -> str | None:
+    """A trial run's name: `<cell> / tune <number>` for the cell's number-th tuning trial, `<cell> /
+    seed <seed>` for a seed run (its seed is its RunConfig seed), None outside a sweep (no cell)."""
+    from sweeps.schedule import CELL, STAGE
+
+    cell, stage = config.get(CELL), config.get(STAGE)
+    if cell is None:
+        return None
+    if stage == "seeds":
+        return f"{cell} / seed {config.get('seed', number - 1)}"
+    return f"{cell} / {stage or 'trial'} {number}"
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, str]:
+    """The config a trial ran with, as MLflow params: every field of its validated RunConfig (the
+    profile's base, the cell's overrides, the tuned values and the seed, composed by
+    fedcore.tune.run_config_of as the trainable composes them) by its dotted name, once. The sweep's
+    own keys (`_base`, `_cell`, `_stage`, ...) are no params: the cell and stage are tags."""
+    from fedcore.config import ConfigError, set_dotted
+    from fedcore.tune import run_config_of
+
+    try:
+        cfg = run_config_of(config)
+    except ConfigError:
+        # the driver validates on the CPU, as the launch's plan does: a trial's GPU may be on a
+        # cluster's worker only; the device is then the one the trial asked for
+        base = config.get("_base", {})
+        device = config.get("device", base.get("device", "cpu"))
+        try:
+            cfg = run_config_of({**config, "device": "cpu"}).model_copy(update={"device": device})
+        except ConfigError:
+            # invalid anyway (the trial fails with the reason): what it was given, merged
+            merged = json.loads(json.dumps(base, default=str))
+            for k, v in config.items():
+                if not k.startswith("_"):
+                    set_dotted(merged, k, v)
+            return {k: _param_value(v) for k, v in _flatten(merged).items()}
+    return {k: _param_value(v) for k, v in _flatten(cfg.model_dump(mode="json")).items()}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, dict):  # an empty section (a method without params) has no value
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _param_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
 
 
 # Ray's MLflow helper writes one metric or param per request: with a round's ~60 metrics that was
@@ -226,14 +319,107 @@ def log_metrics(client, run_id: str, result: dict[str, Any], step: int) -> None:
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
-def log_params(client, run_id: str, config: dict[str, Any]) -> None:
-    """A trial's config (nested dicts flattened with "/") as params."""
+def log_params(client, run_id: str, config: dict[str, Any], logged: dict[str, str] | None = None) -> None:
+    """`config` (nested dicts flattened with "/") as params, in batches. Params are immutable:
+    `logged` (what the run holds already, e.g. a resumed trial's run) are not sent again, and one
+    that holds another value is kept, with a warning, rather than failing the launch."""
     from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
     from ray.tune.utils import flatten_dict
 
-    params = [Param(k, str(v)) for k, v in flatten_dict(config).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i:i + 100])
+    logged = logged or {}
+    # cut here, not by the store: the same cut on every resume logs the same value again
+    values = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten_dict(config).items()}
+    changed = sorted(k for k, v in values.items() if k in logged and logged[k] != v)
+    if changed:
+        logging.getLogger(__name__).warning("run %s keeps its earlier value of params %s (params are immutable)",
+                                            run_id, ", ".join(changed))
+    params = [Param(k, v) for k, v in values.items() if k not in logged]
+    for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+SUMMARY_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc")
+
+
+def summary_metric_name(cell: str, key: str) -> str:
+    """`<cell>/<key>`, valid as an MLflow metric name for any cell name: MLflow takes letters, digits
+    and `_ - . / space` and refuses a name that a path would read otherwise (`./x`, `../x`, `/x`)."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    name = re.sub(r"[^\w.\- ]", "_", cell) or "_"
+    if name.startswith("."):
+        name = "_" + name
+    return f"{name[:MAX_ENTITY_KEY_LENGTH - len(key) - 1]}/{key}"
+
+
+def note_text(study: str, tags: dict[str, str], table_text: str, rows: list[dict[str, Any]],
+              data: str | None = None, limit: int | None = None) -> str:
+    """The parent run's description (Markdown): the study, profile, data and command, the result
+    table in a code block, and where the per-cell metrics are; at most `limit` characters (MLflow's
+    tag value limit), the table cut where it must be."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    limit = limit or MAX_TAG_VAL_LENGTH
+    if data is None:  # the data tags start_parent_run was given: data_name, and data_classes, ... beside it
+        more = "; ".join(f"{k.removeprefix('data_')} {v}" for k, v in sorted(tags.items())
+                         if k.startswith("data_") and k != "data_name")
+        name = tags.get("data_name")
+        data = f"{name} ({more})" if name and more else name or more or "not recorded"
+    failed = [r["cell"] for r in rows if "error" in r]
+    head = [f"**{study}**, profile `{tags.get('profile', '?')}`: {len(rows)} cell{'s' * (len(rows) != 1)}"
+            + (f", {len(failed)} without a result ({', '.join(failed)})" if failed else ""),
+            "",
+            f"- data: {data}",
+            f"- command: `{tags.get('command', '?')}`"]
+    if tags.get("resumed"):
+        head.append(f"- resumed: {tags['resumed']} (the commands: tags resume_command_1, ...)")
+    if tags.get("git_commit"):
+        head.append(f"- commit: `{tags['git_commit']}`")
+    tail = ["", "Metrics of this run, one per cell: `<cell>/mean_client_acc`, `<cell>/worst_client_acc`, "
+            "`<cell>/gap`, `<cell>/balancedness`, `<cell>/global_acc` (means over seeds) and `<cell>/seeds`. "
+            "A cell's trials are the child runs with `tags.stage = '<cell>/seeds'` (or `/tune`)."]
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", table_text)), default=0))
+    lines = table_text.strip("\n").splitlines()
+
+    def text(kept: list[str], cut: int) -> str:
+        more = [f"... {cut} more lines: python -m sweeps.report {study}"] if cut else []
+        return "\n".join([*head, "", fence + "text", *kept, *more, fence, *tail])
+
+    for n in range(len(lines), -1, -1):  # the whole table if it fits, else as many lines as do
+        out = text(lines[:n], len(lines) - n)
+        if len(out) <= limit:
+            return out
+    return out[:limit]
+
+
+def summarize_launch(uri: str, run_id: str, rows: list[dict[str, Any]], table_text: str,
+                     data: str | None = None) -> None:
+    """Once a launch's result table exists: the parent run's description (the `mlflow.note.content`
+    tag, Markdown) holds the table (`table_text`, as the console prints it) with the study, profile,
+    data and command, and the parent run gets one metric per cell and summary key
+    (summary_metric_name: `<cell>/worst_client_acc`, ..., means over seeds, and `<cell>/seeds`, 0 for
+    a cell without a result). `data` overrides the data line (default: the parent's data_* tags).
+    Run again (a resumed launch), it replaces the description and logs the metrics again."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    study = client.get_experiment(run.info.experiment_id).name
+    now = int(time.time() * 1000)
+    metrics = []
+    for row in rows:
+        values = {k: row.get(k) for k in SUMMARY_KEYS}
+        values["seeds"] = 0 if "error" in row else row.get("seeds", 0)
+        # numbers only, and no NaN: a chart of the cells skips a cell without a value, not draws a hole
+        metrics += [Metric(summary_metric_name(row["cell"], k), float(v), now, 0) for k, v in values.items()
+                    if isinstance(v, numbers.Number) and not isinstance(v, bool) and math.isfinite(v)]
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, note_text(study, run.data.tags, table_text, rows, data))
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
 
 
 def write_artifacts(result: dict[str, Any], directory: Path) -> list[Path]:

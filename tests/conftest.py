@@ -31,17 +31,24 @@ needs_ag_news = pytest.mark.skipif(
 )
 
 
-def study_configs(study_name: str, profile_name: str, controls: bool = False, **kw):
-    """(cell, space, validated config at the space's lower corner) for every design cell of a profile."""
-    from fedcore.config import make_config
+def study_plan(study_name: str, profile_name: str, controls: bool = False, **kw):
+    """(cell name, cell, space, validated config at the space's lower corner) for every design cell
+    of a built-in study's profile, as the launch plans them (no data loaded)."""
+    import argparse
+
+    from sweeps.launch import plan
     from sweeps.studies import get_profile, get_study
 
-    study = get_study(study_name)
+    study = get_study(study_name, profile_name, controls)
     profile = get_profile(study, profile_name, **kw)
-    for cell in study.cells(profile, controls):
-        space = study.space(cell, profile.max_local_epochs)
-        probe = {k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()}
-        yield cell, space, make_config(profile.base, **study.cell_overrides(cell, profile), **probe, device="cpu")
+    args = argparse.Namespace(controls=controls, cells=None, device="cpu", set=[], space=[])
+    return [(e["name"], e["cell"], e["space"], e["cfg"]) for e in plan(args, study, profile)]
+
+
+def study_configs(study_name: str, profile_name: str, controls: bool = False, **kw):
+    """(cell, space, validated config at the space's lower corner) for every design cell of a profile."""
+    for _, cell, space, cfg in study_plan(study_name, profile_name, controls, **kw):
+        yield cell, space, cfg
 
 
 def launch_and_report(tmp_path, study: str, cells: str, *extra: str) -> tuple[str, str]:

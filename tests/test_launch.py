@@ -4,24 +4,22 @@ import sys
 
 import pytest
 
-from fedcore.config import make_config
-from search_spaces import fairness_paradox as fp
 from sweeps.launch import main
+from tests.conftest import study_plan
 
 
 def test_design_cells_and_controls():
-    cells = fp.cells()
+    cells = study_plan("fairness_paradox", "local")
     assert len(cells) == 4 + 4 * 2  # textcnn x alpha (fedavg only) + fm_lora x alpha x {fedavg, fedavgw}
-    assert all(c["aggregation"] == "fedavg" for c in cells if c["model"] != "fm_lora")
-    with_controls = fp.cells(controls=True)
+    assert all(c["aggregation"] == "fedavg" for _, c, _, _ in cells if c["model"] != "fm_lora")
+    with_controls = {n: (c, space, cfg) for n, c, space, cfg in study_plan("fairness_paradox", "local", controls=True)}
     assert len(with_controls) == 20
-    o = fp.cell_overrides({"model": "fm_scratch", "alpha": 0.1, "aggregation": "fedavg"}, "minilm-l6")
-    cfg = make_config({}, **o)
+    cfg = with_controls["fm_scratch-a0.1-fedavg"][2]
     assert (cfg.model.name, cfg.model.tuning, cfg.model.init) == ("minilm-l6", "full", "random")
-    o = fp.cell_overrides({"model": "fm_full", "alpha": 5.0, "aggregation": "fedavg"}, "minilm-l6")
-    assert (make_config({}, **o).model.tuning, make_config({}, **o).model.init) == ("full", "pretrained")
-    assert "method.params.beta" in fp.nuisance_space({"model": "fm_lora", "alpha": 0.1, "aggregation": "fedavgw"})
-    assert "method.params.beta" not in fp.nuisance_space({"model": "fm_lora", "alpha": 0.1, "aggregation": "fedavg"})
+    cfg = with_controls["fm_full-a5-fedavg"][2]
+    assert (cfg.model.tuning, cfg.model.init) == ("full", "pretrained")
+    assert "method.params.beta" in with_controls["fm_lora-a0.1-fedavgw"][1]
+    assert "method.params.beta" not in with_controls["fm_lora-a0.1-fedavg"][1]
 
 
 def test_list_and_dry_run(capsys):

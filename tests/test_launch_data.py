@@ -36,7 +36,7 @@ def test_dry_run_on_a_tsv_follows_its_classes(tsv, capsys):
     assert code == 0
     assert "data reviews: 62 train" not in out  # a share of the file is held out as the test set
     line = next(ln for ln in out.splitlines() if ln.startswith("data "))
-    assert line.startswith("data reviews: ") and "3 classes (bad, good, meh)" in line
+    assert line.startswith("data reviews: ") and "(text), 3 classes (bad, good, meh)" in line
 
 
 def test_set_fixes_a_field_and_takes_it_out_of_the_space(capsys):

@@ -8,11 +8,9 @@ import optuna
 import pytest
 
 from fedcore.config import make_config
-from search_spaces import lora as ls
 from sweeps.launch import main
 from sweeps.report_lora import lora_fair_rows, lora_fair_table, rank_collapse_rows
-from sweeps.studies import get_profile, get_study
-from tests.conftest import image_folders, launch_and_report, study_configs
+from tests.conftest import image_folders, launch_and_report, study_configs, study_plan
 
 
 _configs = study_configs
@@ -40,8 +38,7 @@ def test_lora_fair_space_tunes_lambda_log_uniform_and_server_steps_only_for_lora
         else:
             assert not any(k.startswith("method.params") for k in space)
     # rank heterogeneity as a parameter of any space: every choice is a valid config
-    dist = ls.rank_profile_space()["model.lora.rank_profile"]
-    for choice in dist.choices:
+    for choice in ("uniform", "heavy_tail_light", "heavy_tail_strong"):
         # (with a method that rescales across ranks: the config refuses mixed ranks for the others)
         cfg = make_config({"model": {"name": "minilm-l6"}, "method": {"name": "fedit"}},
                           **{"model.lora.rank_profile": choice})
@@ -62,7 +59,8 @@ def test_lora_fair_paper_profile_runs_each_setting_as_the_paper_does(tmp_path, c
     _domain_folders(tmp_path)
     cells = list(_configs("lora_fair", "paper", data_dir=str(tmp_path)))
     assert {(c["partition"], c["aggregation"], c["table"], c["dataset"]) for c, _, _ in cells} == {
-        (p, m, t, "domainnet") for p, t in (("domain", 1), ("domain_dirichlet", 2)) for m in ls.LORA_FAIR_METHODS}
+        (p, m, t, "domainnet") for p, t in (("domain", 1), ("domain_dirichlet", 2))
+        for m in ("fedit", "ffa_lora", "flora", "flexlora", "lora_fair")}
     for cell, space, cfg in cells:
         clients, per_round, steps = PAPER[cell["partition"]]
         assert (cfg.partition.kind, cfg.partition.num_clients, cfg.clients_per_round) == (
@@ -128,8 +126,7 @@ def test_every_profile_plans(study, profile, tmp_path, capsys):
         extra += ["--data-dir", str(tmp_path)]
     assert main([study, "--profile", profile, "--dry-run", *extra]) == 0
     out = capsys.readouterr().out
-    n = len(get_study(study).cells(get_profile(get_study(study), profile, **(
-        {"data_dir": str(tmp_path)} if "--data-dir" in extra else {})), False))
+    n = len(study_plan(study, profile, **({"data_dir": str(tmp_path)} if "--data-dir" in extra else {})))
     assert f"{n} design cells" in out
 
 

@@ -6,12 +6,10 @@ import math
 
 import pytest
 
-from search_spaces import fed_lpfm as lp
-from search_spaces import fedpurel as pr
 from sweeps.launch import main
 from sweeps.report_priors import fed_lpfm_report, fed_lpfm_rows, fed_lpfm_table, fedpurel_rows, fedpurel_table
 from sweeps.studies import get_profile, get_study
-from tests.conftest import SHARED_DATA, image_folders, launch_and_report, study_configs
+from tests.conftest import SHARED_DATA, image_folders, launch_and_report, study_configs, study_plan
 
 
 _configs = study_configs
@@ -24,17 +22,18 @@ def test_fed_lpfm_cells_cross_methods_partitions_and_teachers_with_the_teacher_r
     students = ("timm:resnet18", "timm:mobilenetv2_100", "timm:efficientnet_b0")
     teachers = ("clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai")
     levels = [f"a{a:g}" for a in (0.01, 0.1, 0.5, 1.0)] + ["c2"]  # Dirichlet alphas and the class split
-    lpfm = {(c["model"], lp.partition_label(c), c["teacher"]) for c, _, _ in cells if c["aggregation"] == "fed_lpfm"}
+    names = [n for n, _, _, _ in study_plan("fed_lpfm", "paper", data_dir=str(_image_dir(tmp_path)))]
+    lpfm = {(c["model"], n.split("-")[3], c["teacher"]) for n, (c, _, _) in zip(names, cells) if c["aggregation"] == "fed_lpfm"}
     assert lpfm == {(s, lv, t) for s in students for lv in levels for t in teachers}
     assert len(cells) == 3 * 5 * (3 + 4)  # baselines once per student and partition, Fed-LPFM once per teacher
-    assert len({lp.cell_name(c) for c, _, _ in cells}) == len(cells)
-    for cell, space, cfg in cells:
+    assert len(set(names)) == len(cells)
+    for name, (cell, space, cfg) in zip(names, cells):
         assert cfg.teacher.name == (cell["teacher"] if cell["aggregation"] == "fed_lpfm" else teachers[0])
         assert cfg.teacher.per_client is None and cfg.teacher.finetune_epochs == 0  # the ablations are controls
         assert cfg.model.init == "random" and cfg.model.tuning == "full"
         if cell["partition"] == "classes":
             assert (cfg.partition.kind, cfg.partition.classes_per_client) == ("classes", 2)
-            assert lp.cell_name(cell).split("-")[3] == "c2"
+            assert name.split("-")[3] == "c2"
         else:
             assert cfg.partition.kind == "dirichlet" and cfg.partition.alpha == cell["alpha"]
         assert ("method.params.mu" in space) == (cell["aggregation"] == "fedprox")
@@ -46,11 +45,10 @@ def test_fed_lpfm_cells_cross_methods_partitions_and_teachers_with_the_teacher_r
 
 
 def test_fed_lpfm_smoke_adds_two_class_split_cells_and_controls_add_the_teacher_ablations(tmp_path):
-    names = [lp.cell_name(c) for c, _, _ in _configs("fed_lpfm", "smoke")]
+    names = [n for n, _, _, _ in study_plan("fed_lpfm", "smoke")]
     assert len(names) == 11 and names[-3:] == ["fedavg-textcnn-synthetic-c2", "fedprox-textcnn-synthetic-c2",
                                                "fed_lpfm-textcnn-synthetic-c2-minilm-l6"]
-    controls = list(_configs("fed_lpfm", "smoke", controls=True))
-    extra = {lp.cell_name(c): cfg for c, _, cfg in controls if lp.cell_name(c) not in names}
+    extra = {n: cfg for n, _, _, cfg in study_plan("fed_lpfm", "smoke", controls=True) if n not in names}
     assert set(extra) == {f"fed_lpfm-textcnn-synthetic-{lv}-{v}" for lv in ("a0.1", "a1", "c2")
                           for v in ("minilm-l6-ft", "perclient")}
     for name, cfg in extra.items():
@@ -63,21 +61,10 @@ def test_fed_lpfm_smoke_adds_two_class_split_cells_and_controls_add_the_teacher_
     per_client = [cfg for c, cfg in paper if c["teacher_variant"] == "per_client"]
     assert len(per_client) == 3 * 5 and all(cfg.teacher.per_client == [
         "clip:ViT-B-16/openai", "clip:ViT-B-32/openai", "clip:ViT-L-14/openai", "clip:RN50/openai"] for cfg in per_client)
-    assert {cfg.teacher.finetune_epochs for c, cfg in paper if c["teacher_variant"] == "finetuned"} == {lp.FINETUNE_EPOCHS}
+    assert {cfg.teacher.finetune_epochs for c, cfg in paper if c["teacher_variant"] == "finetuned"} == {3}
 
 
-def test_fed_lpfm_lambda_range_follows_the_loss_form():
-    cell = {"aggregation": "fed_lpfm", "form": "additive"}
-    lam = lp.space(cell)["method.params.lambda"]
-    assert (lam.low, lam.high, lam.log) == (0.1, 2.0, True)
-    lam = lp.space({**cell, "form": "convex"})["method.params.lambda"]
-    assert lam.high <= 1  # every proposal is a valid convex weight
-    base = {"model": "textcnn", "dataset": "synthetic", "partition": "dirichlet", "alpha": 0.1, "teacher": "minilm-l6",
-            "teacher_variant": "zero_shot"}
-    assert lp.cell_name({**base, **cell}) == "fed_lpfm-textcnn-synthetic-a0.1-minilm-l6-additive"
-
-
-def test_fedpurel_cells_and_space_cover_imbalance_heterogeneity_and_the_kl_ablation():
+def test_fedpurel_cells_and_space_cover_imbalance_heterogeneity_and_the_kl_ablation(tmp_path):
     cells = list(_configs("fedpurel", "local", controls=True))
     got = {(c["aggregation"], c["align"], c["dataset"], c["imbalance"], c["alpha"]) for c, _, _ in cells}
     assert got == {(m, al, ds, i, b) for m, al in (("fedavg", "-"), ("fedpurel", "tkl"), ("fedpurel", "kl"))
@@ -94,8 +81,10 @@ def test_fedpurel_cells_and_space_cover_imbalance_heterogeneity_and_the_kl_ablat
             assert set(space) == {"optimizer.lr"}
     ag = [cfg for c, _, cfg in cells if c["dataset"] == "ag_news"][0]
     assert (ag.eval.many_min, ag.eval.few_max) == (1000, 200)  # Many/Medium/Few sized for 4 classes
-    assert len(pr.CIFAR100_COARSE) == 100 and sorted(set(pr.CIFAR100_COARSE)) == list(range(20))
-    assert all(pr.CIFAR100_COARSE.count(g) == 5 for g in range(20))
+    coarse = next(cfg for _, _, cfg in _configs("fedpurel", "paper", data_dir=str(_image_dir(tmp_path, 100)))
+                  ).partition.coarse  # CIFAR-100's superclasses, in the study file
+    assert len(coarse) == 100 and sorted(set(coarse)) == list(range(20))
+    assert all(coarse.count(g) == 5 for g in range(20))
 
 
 def _image_dir(tmp_path, classes=10):
@@ -114,7 +103,7 @@ def test_every_profile_plans(study, profile, tmp_path, capsys):
     assert main([study, "--profile", profile, "--dry-run", *extra]) == 0
     out = capsys.readouterr().out
     kw = {"data_dir": extra[extra.index("--data-dir") + 1]} if "--data-dir" in extra else {}
-    n = len(get_study(study).cells(get_profile(get_study(study), profile, **kw), False))
+    n = len(study_plan(study, profile, **kw))
     assert f"{n} design cells" in out
 
 
@@ -127,7 +116,7 @@ def test_paper_profiles_need_their_image_folder(capsys):
 
 @pytest.mark.skipif(not (SHARED_DATA / "dbpedia14" / "meta.txt").is_file(), reason="../shared/data is absent")
 def test_local_dbpedia_reads_its_class_names_from_meta():
-    profile = get_profile(get_study("fedpurel"), "local", str(SHARED_DATA))
+    profile = get_profile(get_study("fedpurel", "local"), "local", str(SHARED_DATA))
     src = profile.options["datasets"]["dbpedia14"]["data.source"]
     assert "class_names=Artist,Company,OfficeHolder," in src and src.endswith("Athlete,Film")
 
