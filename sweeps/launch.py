@@ -410,6 +410,18 @@ def prepare(args):
     return study, profile, entries, resources
 
 
+def estimate(entries, args, profile) -> str:
+    """The plan's size in trial-rounds, and its time where the profile has a measured cost."""
+    work = sum((args.num_samples + args.seeds) * e["overrides"]["rounds"] for e in entries)
+    cost = profile.options.get("cost") or {}
+    per = cost.get("seconds_per_trial_round")
+    if not per:
+        return f"{work} trial-rounds; no measured cost for profile {profile.name}, so no time estimate"
+    minutes = work * per / args.max_concurrent / 60
+    return (f"{work} trial-rounds at {per:g} s each with {args.max_concurrent} at once: at most about "
+            f"{minutes:.0f} min, less where ASHA stops trials early (measured: {cost.get('measured') or 'unstated'})")
+
+
 def data_tags(info) -> dict[str, str]:
     """A cell's data as MLflow tags (the reports name the data and its classes from them)."""
     if info is None:
@@ -418,7 +430,7 @@ def data_tags(info) -> dict[str, str]:
             "data_synthetic": str(info.synthetic).lower()}
 
 
-def launch_tags(study, entries) -> dict[str, str]:
+def launch_tags(study, profile, entries) -> dict[str, str]:
     """The parent run's tags beyond the launch's own: its data, and the study file it ran."""
     infos = list(dict.fromkeys(e["data"] for e in entries if e["data"] is not None))
     tags = {"data_name": ", ".join(i.name for i in infos)} if infos else {}
@@ -426,6 +438,8 @@ def launch_tags(study, entries) -> dict[str, str]:
         tags.update({k: v for k, v in data_tags(infos[0]).items() if k != "data_name"})
     if study.source:
         tags.update({"study_file": study.source, "study_sha": study.sha})
+    if profile.options.get("report"):  # what the generic report tabulates and plots
+        tags["report"] = json.dumps(profile.options["report"])
     return tags
 
 
@@ -509,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
           + ("; its data replaced by --data" if args.data else ""))
     print(f"{len(entries)} design cells x ({args.num_samples} tuning + {args.seeds} seed trials) = {trials} trials; "
           f"objectives {', '.join(study.objectives)}; ASHA on {study.asha_metric}")
+    print(estimate(entries, args, profile))
     for info in dict.fromkeys(e["data"] for e in entries if e["data"] is not None):
         print(f"data {info.line()}")
     for e in entries:
@@ -536,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tune_dir = f"{storage}/{study.name}-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         _, parent = start_parent_run(tracking_uri, study.name, profile.name, argv, tune_dir, storage,
-                                     tags=launch_tags(study, entries))
+                                     tags=launch_tags(study, profile, entries))
     if args.address:
         ray.init(address=args.address)
     else:
@@ -560,9 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0]))
     failed = [r["cell"] for r in rows if "error" in r]
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
-    print(f"MLflow: experiment {study.name!r}, parent run {parent} in {tracking_uri}; "
-          f"browse with `mlflow ui --backend-store-uri {tracking_uri}`; "
-          f"tables and plots: python -m sweeps.report {study.name}"
+    # mlflow ui is the full server in MLflow 3 (a job runner and its workers): server.sh starts a light one
+    browse = ("bash mlflow/server.sh" if tracking_uri == default_tracking_uri() else
+              "open it in your browser" if "://" in tracking_uri and tracking_uri.startswith("http") else
+              f"bash mlflow/server.sh --store {tracking_uri}")
+    print(f"MLflow: experiment {study.name!r}, parent run {parent} in {tracking_uri} (its description holds this "
+          f"table); browse with `{browse}`; tables and plots: python -m sweeps.report {study.name}"
           + ("" if tracking_uri == default_tracking_uri() else f" --tracking-uri {tracking_uri}"))
     if failed:
         print(f"error: {len(failed)} of {len(rows)} cells have no result ({', '.join(failed[:5])}"

@@ -5,22 +5,27 @@ and the final energy outside the shared rank) and raFLoRA's rank-collapse figure
 global update outside the smallest client rank, 1 - rho_rmin, against round, one line per method.
 lora_fair: a table shaped like LoRA-FAIR's Tables 1 and 2 (one row per method; per-domain accuracy
 where the data has domains, then the average, and the worst client), one block per partition setting
-(and dataset), each beside the paper's ViT averages of the same setting and dataset, its block saying
-which table they are (METHODS.md 5.5), and accuracy against round per method.
+(and dataset), each beside the paper's ViT averages of the same setting and dataset where the launch
+ran DomainNet or NICO++, its block saying which table they are, and accuracy against round per method.
 """
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from search_spaces.lora import LORA_FAIR_METHODS, RANK_COLLAPSE_METHODS
+from sweeps.report_common import (data_names, data_note, is_paper_data, methods_ref, no_reference, pct,
+                                  pct_header, plot_curves, pm, stat, titled, write_csv, zero_shot_records)
 
-# METHODS.md 5.5 (the paper's Tables 1 and 2): ViT-B/16, average over the six domains (percent), by
-# (table, dataset). Table 1 is feature non-IID, Table 2 feature + label non-IID; no FFA-LoRA reference is
-# taken from Table 2 (METHODS.md 5.5 lists none; the paper text's DomainNet row repeats Table 1's).
+# the order the tables list the methods in (the studies' files name the same ones)
+RANK_COLLAPSE_METHODS = ("fedit", "hetlora", "flexlora", "flora", "raflora")
+LORA_FAIR_METHODS = ("fedit", "ffa_lora", "flora", "flexlora", "lora_fair")
+
+# LoRA-FAIR (Bian et al., ICCV 2025), Tables 1 and 2: ViT-B/16, average over the six domains (percent),
+# by (table, dataset); docs/methods.md, section "LoRA-FAIR". Table 1 is feature non-IID, Table 2
+# feature + label non-IID; no FFA-LoRA reference is taken from Table 2 (the paper text's DomainNet row
+# repeats Table 1's).
 LORA_FAIR_PAPER = {
     (1, "domainnet"): {"ffa_lora": 72.82, "fedit": 75.75, "flora": 75.53, "flexlora": 76.02, "lora_fair": 77.07},
     (1, "nicopp"): {"ffa_lora": 90.28, "fedit": 90.58, "flora": 90.93, "flexlora": 90.60, "lora_fair": 91.24},
@@ -29,72 +34,17 @@ LORA_FAIR_PAPER = {
 }
 PAPER_TABLES = {1: "feature non-IID", 2: "feature + label non-IID"}
 DATASET_NAMES = {"domainnet": "DomainNet", "nicopp": "NICO++"}
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v == v]
-    if not vals:
-        return math.nan, 0.0
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
-
-
-def _pm(pair: tuple[float, float], scale: float = 100.0) -> str:
-    m, sd = pair
-    return "    -      " if math.isnan(m) else f"{scale * m:5.1f} ± {scale * sd:4.1f}"
-
-
-def zero_shot_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The zero-shot row's records: one per seed (a seed fixes the partition, so the zero-shot head scores
-    the same clients in every cell), its teacher_* metrics under the model metrics' names."""
-    by_seed: dict[int, dict] = {}
-    for r in records:
-        m = r["metrics"]
-        if not math.isnan(m.get("teacher_mean_client_acc", math.nan)):
-            by_seed.setdefault(r["seed"], {**r, "aggregation": "zero_shot", "metrics": {
-                "mean_client_acc": m["teacher_mean_client_acc"], "worst_client_acc": m["teacher_worst_client_acc"],
-                "gap": m["teacher_mean_client_acc"] - m["teacher_worst_client_acc"], "global_acc": m["teacher_acc"],
-                "balancedness": m["teacher_balancedness"]}})
-    return list(by_seed.values())
+RANK_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank")
 
 
 def _num(v: float) -> str:
     return "-" if math.isnan(v) else f"{v:.2f}"
 
 
-def _history(client, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
-
-
-def _curves_plot(client, groups: dict[str, list[dict]], panels, key: str, ylabel: str, title: str,
-                 methods: tuple[str, ...], path: Path, scale: float = 100.0,
-                 baselines: dict[str, float] | None = None) -> None:
-    """One panel per panel key, one line per method: the mean over seeds of `key` at every round;
-    `baselines` adds a dashed horizontal line per panel (a zero-shot model's value)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.6 * len(panels)), 3.6), sharey=True, squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for i, method in enumerate(methods):
-            runs = groups.get((panel, method), [])
-            curves = [_history(client, r["run_id"], key) for r in runs]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            ax.plot(steps, [scale * statistics.fmean(c[s] for c in curves) for s in steps], marker=".",
-                    label=method, color=f"C{i}")
-        if baselines and baselines.get(panel) == baselines.get(panel):  # not NaN
-            ax.axhline(scale * baselines[panel], color="gray", linestyle="--", label="zero-shot")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("round")
-    axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _csv_columns(keys, counts=()) -> tuple[list[str], Callable]:
+    """Header and row values of (mean, sd) pairs: percent, but the `counts` keys (not fractions)."""
+    header = [c for k in keys for c in ([k, k + "_sd"] if k in counts else pct_header(k))]
+    return header, lambda r: [v for k in keys for v in (r[k] if k in counts else pct(r[k]))]
 
 
 # --- rank_collapse -------------------------------------------------------------------------------
@@ -108,47 +58,44 @@ def rank_collapse_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = {m: i for i, m in enumerate(("zero_shot",) + RANK_COLLAPSE_METHODS)}
     rows = []
     for (alpha, rp, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
-        if not rs:
-            continue
-        row = {"alpha": alpha, "rank_profile": rp, "method": method, "seeds": len(rs)}
-        for k in ("mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank"):
-            row[k] = _mean_sd([r["metrics"].get(k, math.nan) for r in rs])
-        rows.append(row)
+        if rs:
+            rows.append({"alpha": alpha, "rank_profile": rp, "method": method, "seeds": len(rs),
+                         **{k: stat(rs, k) for k in RANK_KEYS}})
     return rows
 
 
-def rank_collapse_table(rows: list[dict[str, Any]]) -> str:
+def rank_collapse_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
     head = (f"{'alpha':>5}  {'rank profile':<18}{'method':<10}{'seeds':>5}  {'mean acc':>12}  {'worst acc':>12}  "
             f"{'gap':>12}  {'1-rho_rmin':>12}  {'eff. rank':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['alpha']:>5g}  {r['rank_profile']:<18}{r['method']:<10}{r['seeds']:>5}  "
-                     f"{_pm(r['mean_client_acc'])}  {_pm(r['worst_client_acc'])}  {_pm(r['gap'])}  "
-                     f"{_pm(r['energy_outside_shared'])}  {_num(r['effective_rank'][0]):>7}")
+                     f"{pm(r['mean_client_acc'])}  {pm(r['worst_client_acc'])}  {pm(r['gap'])}  "
+                     f"{pm(r['energy_outside_shared'])}  {_num(r['effective_rank'][0]):>7}")
     lines.append("(percent; mean ± sd over seeds, final round. 1-rho_rmin: share of the global update's energy "
                  "outside the smallest client rank, averaged over LoRA layers; raFLoRA's claim is that it decays "
                  "toward 0 under FlexLoRA/HetLoRA-style aggregation and does not under raFLoRA. zero_shot: the "
-                 "foundation model's zero-shot head on the same clients, untrained. No verified reference numbers "
-                 "exist (METHODS.md 4.5).)")
+                 "foundation model's zero-shot head on the same clients, untrained." + data_note(data) +
+                 f" No verified reference numbers exist for raFLoRA (Wu et al. 2026; {methods_ref('raFLoRA')}).)")
     return "\n".join(lines)
 
 
 def rank_collapse_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
     rows = rank_collapse_rows(records)
-    text = rank_collapse_table(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(f"{r['cell'].get('rank_profile', '?')}, alpha {r['alpha']:g}", r["aggregation"])].append(r)
     panels = sorted({p for p, _ in groups})
     files = [out / "table.csv", out / "energy_outside_shared.png", out / "worst_client_over_rounds.png"]
-    _write_csv(files[0], ["alpha", "rank_profile", "method", "seeds"], rows,
-               ["mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank"])
-    _curves_plot(client, groups, panels, "energy_outside_shared", "1 - rho_rmin (%)",
-                 "energy of the global update outside the shared rank (mean over seeds)",
-                 RANK_COLLAPSE_METHODS, files[1])
-    _curves_plot(client, groups, panels, "worst_client_acc", "worst-client acc (%)",
-                 "worst-client accuracy over rounds (mean over seeds)", RANK_COLLAPSE_METHODS, files[2])
-    return text, files
+    header, values = _csv_columns(RANK_KEYS, counts=("effective_rank",))
+    write_csv(files[0], ["alpha", "rank_profile", "method", "seeds", *header],
+              ([r["alpha"], r["rank_profile"], r["method"], r["seeds"], *values(r)] for r in rows))
+    for key, path, ylabel, title in (
+            ("energy_outside_shared", files[1], "1 - rho_rmin (%)", "energy of the global update outside the shared rank"),
+            ("worst_client_acc", files[2], "worst-client acc (%)", "worst-client accuracy over rounds")):
+        plot_curves(client, groups, key, path, panels=panels, series=list(RANK_COLLAPSE_METHODS), ylabel=ylabel,
+                    title=titled(title + " (mean ± sd over seeds)", records))
+    return rank_collapse_table(rows, data_names(records)), files
 
 
 # --- lora_fair -----------------------------------------------------------------------------------
@@ -160,13 +107,16 @@ def _setting(r: dict[str, Any]) -> str:
     return f"{label}, {DATASET_NAMES.get(ds, ds)}" if ds else label
 
 
-def paper_reference(cell: dict[str, Any]) -> tuple[int | None, str, dict[str, float]]:
+def paper_reference(cell: dict[str, Any], data_name: str | None = None) -> tuple[int | None, str, dict[str, float]]:
     """The paper's table for a cell's setting, its label and its averages for the cell's dataset (None,
     "", {} where the paper has none). A cell names its table and dataset (the paper profile); an older
     domain cell without them ran DomainNet (the only dataset the paper profile had), its table read off
-    its partition."""
+    its partition. A run whose data_name tag is neither DomainNet nor NICO++ has no reference."""
+    if data_name and not is_paper_data([data_name], "lora_fair"):
+        return None, "", {}
     raw = cell.get("table") or {"domain": 1, "domain_dirichlet": 2}.get(cell.get("partition"))  # a tag: a string
-    table, ds = (int(raw) if raw else None), cell.get("dataset", "domainnet")
+    table = int(raw) if raw else None
+    ds = cell.get("dataset") or ("nicopp" if data_name and "nico" in data_name.lower() else "domainnet")
     ref = LORA_FAIR_PAPER.get((table, ds), {})
     if not ref:
         return None, "", {}
@@ -178,31 +128,29 @@ def lora_fair_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(_setting(r), r["aggregation"])].append(r)
-    cells = {_setting(r): r["cell"] for r in records}  # a setting's cells share its reference
+    refs = {_setting(r): paper_reference(r["cell"], r.get("data_name")) for r in records}  # a setting's cells share it
     for setting in {st for st, _ in groups}:
         groups[(setting, "zero_shot")] = zero_shot_records([r for (st, _), rs in list(groups.items()) if st == setting
                                                             for r in rs])
     order = {m: i for i, m in enumerate(("zero_shot",) + LORA_FAIR_METHODS)}
     rows = []
-    table_of = {st: paper_reference(c)[0] or 0 for st, c in cells.items()}  # Table 1's blocks before Table 2's
-    for (setting, method), rs in sorted(groups.items(), key=lambda kv: (table_of[kv[0][0]], kv[0][0],
+    # Table 1's blocks before Table 2's
+    for (setting, method), rs in sorted(groups.items(), key=lambda kv: (refs[kv[0][0]][0] or 0, kv[0][0],
                                                                          order.get(kv[0][1], 99))):
         if not rs:
             continue
-        row: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rs)}
-        for d in domains:
-            row[f"domain_acc/{d}"] = _mean_sd([r["metrics"].get(f"domain_acc/{d}", math.nan) for r in rs])
-        avg_key = "domain_avg_acc" if domains else "global_acc"
-        row["avg"] = _mean_sd([r["metrics"].get(avg_key, math.nan) for r in rs])
-        row["worst_client_acc"] = _mean_sd([r["metrics"].get("worst_client_acc", math.nan) for r in rs])
-        table, label, ref = paper_reference(cells[setting])
-        row["paper"], row["paper_table"], row["paper_setting"] = ref.get(method), table, label
+        table, label, ref = refs[setting]
+        row: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rs),
+                               **{f"domain_acc/{d}": stat(rs, f"domain_acc/{d}") for d in domains},
+                               "avg": stat(rs, "domain_avg_acc" if domains else "global_acc"),
+                               "worst_client_acc": stat(rs, "worst_client_acc"),
+                               "paper": ref.get(method), "paper_table": table, "paper_setting": label}
         row["paper_ref"] = label if row["paper"] is not None else ""  # what the paper column's value is
         rows.append(row)
     return rows, domains
 
 
-def lora_fair_table(rows: list[dict[str, Any]], domains: list[str]) -> str:
+def lora_fair_table(rows: list[dict[str, Any]], domains: list[str], data: list[str] = ()) -> str:
     cols = [d[:12] for d in domains] + ["Avg", "worst client"]
     lines = []
     for setting in dict.fromkeys(r["setting"] for r in rows):
@@ -213,39 +161,34 @@ def lora_fair_table(rows: list[dict[str, Any]], domains: list[str]) -> str:
         lines += [setting + (f"   [paper column: LoRA-FAIR {label}, Avg]" if label else "   [no paper column]"),
                   head, "-" * len(head)]
         for r in block:
-            vals = [_pm(r[f"domain_acc/{d}"]) for d in domains] + [_pm(r["avg"]), _pm(r["worst_client_acc"])]
+            vals = [pm(r[f"domain_acc/{d}"]) for d in domains] + [pm(r["avg"]), pm(r["worst_client_acc"])]
             paper = f"{r['paper']:.2f}" if r["paper"] else "-"
             lines.append(f"{r['method']:<11}{r['seeds']:>5}  " + "  ".join(vals) + f"   {paper:>12}")
         lines.append("")
-    lines.append("(percent; mean ± sd over seeds, final round; Avg is the mean of the per-domain accuracies where "
-                 "the data has domains, the global test accuracy otherwise; zero_shot: the foundation model's "
-                 "zero-shot head, untrained, where it has one. Paper: each block's own setting and dataset, "
-                 "LoRA-FAIR Table 1 (feature non-IID) or Table 2 (feature + label non-IID), ViT-B/16 "
-                 "(METHODS.md 5.5; Table 2 gives no FFA-LoRA reference here); compare the ordering, not the "
-                 "level, off the paper profile.)")
+    note = ("(percent; mean ± sd over seeds, final round; Avg is the mean of the per-domain accuracies where the "
+            "data has domains, the global test accuracy otherwise; zero_shot: the foundation model's zero-shot "
+            "head, untrained, where it has one." + data_note(data))
+    if is_paper_data(data, "lora_fair") is False:
+        lines += [note + ")", no_reference(data, "LoRA-FAIR (Bian et al., ICCV 2025)", "DomainNet and NICO++")]
+    else:
+        lines.append(note + " Paper: each block's own setting and dataset, LoRA-FAIR (Bian et al., ICCV 2025) "
+                     "Table 1 (feature non-IID) or Table 2 (feature + label non-IID), ViT-B/16 "
+                     f"({methods_ref('LoRA-FAIR')}; Table 2 gives no FFA-LoRA reference here); compare the "
+                     "ordering, not the level, off the paper profile.)")
     return "\n".join(lines)
 
 
 def lora_fair_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
     rows, domains = lora_fair_rows(records)
-    text = lora_fair_table(rows, domains)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(_setting(r), r["aggregation"])].append(r)
     panels = list(dict.fromkeys(_setting(r) for r in sorted(records, key=lambda r: r["alpha"])))
     files = [out / "table.csv", out / "accuracy_over_rounds.png"]
-    _write_csv(files[0], ["setting", "method", "seeds"], rows,
-               [f"domain_acc/{d}" for d in domains] + ["avg", "worst_client_acc"], extra=["paper", "paper_ref"])
-    _curves_plot(client, groups, panels, "domain_avg_acc" if domains else "global_acc", "accuracy (%)",
-                 "test accuracy over rounds (mean over seeds)", LORA_FAIR_METHODS, files[1])
-    return text, files
-
-
-def _write_csv(path: Path, ids: list[str], rows, keys: list[str], extra: list[str] = ()) -> None:
-    import csv
-
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*ids, *[c for k in keys for c in (k, k + "_sd")], *extra])
-        for r in rows:
-            w.writerow([r[i] for i in ids] + [v for k in keys for v in r[k]] + [r.get(e) for e in extra])
+    header, values = _csv_columns([f"domain_acc/{d}" for d in domains] + ["avg", "worst_client_acc"])
+    write_csv(files[0], ["setting", "method", "seeds", *header, "paper_%", "paper_ref"],
+              ([r["setting"], r["method"], r["seeds"], *values(r), r["paper"], r["paper_ref"]] for r in rows))
+    plot_curves(client, groups, "domain_avg_acc" if domains else "global_acc", files[1], panels=panels,
+                series=list(LORA_FAIR_METHODS), ylabel="accuracy (%)",
+                title=titled("test accuracy over rounds (mean ± sd over seeds)", records))
+    return lora_fair_table(rows, domains, data_names(records)), files

@@ -119,11 +119,17 @@ class Resources(_Strict):
     gpus_per_trial: float = Field(0.0, ge=0)
 
 
+class Cost(_Strict):
+    """A measured cost, from which --dry-run estimates a launch's time for its plan."""
+    seconds_per_trial_round: float | None = Field(None, gt=0)  # wall seconds of a launch / its trial-rounds
+    measured: str = ""  # where and how: machine, concurrency, command
+
+
 class Report(_Strict):
-    rows: list[str] = Field(default_factory=list)  # factors down the table (all but `columns` by default)
-    columns: list[str] = Field(default_factory=list)
-    metrics: list[str] = Field(default_factory=lambda: ["mean_client_acc", "worst_client_acc", "gap", "balancedness"])
-    plot_against: str | None = None  # a numeric factor
+    """What the generic report (python -m sweeps.report) tabulates and plots."""
+    metrics: list[str] = Field(default_factory=lambda: ["mean_client_acc", "worst_client_acc", "gap", "balancedness",
+                                                        "global_acc"])  # the table's columns; the first three plotted
+    plot_against: str | None = None  # the numeric factor on the x axis (every numeric factor if None)
 
 
 class DataDir(_Strict):
@@ -156,6 +162,7 @@ class StudyFile(_Strict):
     scheduler: Scheduler = Scheduler()
     budget: Budget = Budget()
     resources: Resources = Resources()
+    cost: Cost = Cost()
     report: Report = Report()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     controls: dict[str, Any] = Field(default_factory=dict)
@@ -334,11 +341,13 @@ def check_references(sf: StudyFile, where: str) -> None:
         for name in re.findall(r"\{([^}:!]+)", sf.cell_name):
             if name not in factors:
                 raise StudyFileError(f"{where}: cell_name: unknown factor {name!r}{_nearest(name, factors)}")
-    for what, names in (("report.rows", sf.report.rows), ("report.columns", sf.report.columns),
-                        ("report.plot_against", [sf.report.plot_against] if sf.report.plot_against else [])):
-        for name in names:
-            if name not in factors:
-                raise StudyFileError(f"{where}: {what}: unknown factor {name!r}{_nearest(name, factors)}")
+    if sf.report.plot_against and sf.report.plot_against not in factors:
+        name = sf.report.plot_against
+        raise StudyFileError(f"{where}: report.plot_against: unknown factor {name!r}{_nearest(name, factors)}")
+    for name in sf.report.metrics:
+        if name not in (*OBJECTIVES, *LOWER_IS_BETTER):
+            raise StudyFileError(f"{where}: report.metrics: unknown metric {name!r}"
+                                 f"{_nearest(name, (*OBJECTIVES, *LOWER_IS_BETTER))}")
     if sf.scheduler.metric and sf.scheduler.metric not in OBJECTIVES:
         raise StudyFileError(f"{where}: scheduler.metric: unknown metric {sf.scheduler.metric!r}"
                              f"{_nearest(sf.scheduler.metric, OBJECTIVES)}")
@@ -450,7 +459,8 @@ def load_study(path: str | Path, profile: str | None = None, controls: bool = Fa
                    foundation_model=sf.zero_shot or "", rounds=rounds,
                    num_samples=sf.budget.num_samples, seeds=sf.budget.seeds, grace_rounds=sf.scheduler.grace_period,
                    cpus_per_trial=sf.resources.cpus_per_trial, gpus_per_trial=sf.resources.gpus_per_trial,
-                   options={"max_concurrent": sf.budget.max_concurrent, "report": sf.report.model_dump()},
+                   options={"max_concurrent": sf.budget.max_concurrent, "report": sf.report.model_dump(),
+                            "cost": sf.cost.model_dump()},
                    **layout_fields(sf.data_dir, sf.datasets if has_datasets else None))
     current: dict[str, Design] = {}
 

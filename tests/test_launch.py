@@ -98,7 +98,8 @@ def test_real_launch_of_one_cell(tmp_path):
     row = [line for line in report.stdout.splitlines() if line.split()[:3] == ["0.1", "textcnn", "fedavg"]]
     assert len(row) == 1 and row[0].split()[3] == "2"
     assert float(row[0].split()[7]) == pytest.approx(100 * worst, abs=0.051)  # worst acc, mean over seeds
-    assert row[0].split()[-1] == "86.6/54.5/32.2"  # the paper's numbers beside ours
+    # the paper's numbers sit beside ours only on the paper's data (AG News), not the synthetic corpus
+    assert "86.6/54.5/32.2" not in report.stdout and "No paper reference exists for this data" in report.stdout
     files = {"table.csv", "table.txt", "gap_vs_alpha.png", "per_client_alpha0.1.png", "worst_client_over_rounds.png"}
     assert {f.name for f in (tmp_path / "report").iterdir()} == files
     assert all((tmp_path / "report" / f).stat().st_size > 1000 for f in files if f.endswith(".png"))

@@ -116,3 +116,100 @@ def test_abbreviated_flags_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["fairness_paradox", "--dry-run", "--data-d", "/tmp"])
     assert e.value.code == 2 and "unrecognized arguments: --data-d" in capsys.readouterr().err
+
+
+# --- real launches (Ray, MLflow, the report): every built-in study on data unlike AG News -------
+def _launch(tmp_path, study, cells, *extra, env=None):
+    import os
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run([sys.executable, "-m", "sweeps.launch", study, "--cells", cells, "--num-samples", "1",
+                          "--seeds", "1", "--storage", str(tmp_path / "runs"), "--tracking-uri", db, *extra],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    return out, db
+
+
+def _report(tmp_path, study, db):
+    import subprocess
+    import sys
+
+    rep = subprocess.run([sys.executable, "-m", "sweeps.report", study, "--tracking-uri", db, "--out",
+                          str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    return rep.stdout
+
+
+def _dbpedia():
+    from tests.conftest import SHARED_DATA
+
+    meta = SHARED_DATA / "dbpedia14" / "meta.txt"
+    if not meta.is_file():
+        pytest.skip(f"DBpedia-14 not found at {meta.parent} (../shared/data is absent on a fresh clone)")
+    names = [line.split(":", 1)[1].strip() for line in meta.read_text().splitlines() if line[:1].isdigit()]
+    d = meta.parent
+    return (f"csv:{d / 'train.csv'}?header=none&text=1&label=0&label_offset=1&class_names={','.join(names)}",
+            f"csv:{d / 'test.csv'}?header=none&text=1&label=0&label_offset=1", names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study, cells, data", [
+    ("fairness_paradox", "textcnn-a1", "tsv"),         # 3 string classes under other column names
+    ("rank_collapse", "fedit-uniform", "synthetic2"),  # a 2-class corpus
+    ("lora_fair", "lora_fair-dirichlet", "dbpedia"),   # DBpedia-14's 14 classes
+    ("fed_lpfm", "fed_lpfm-textcnn-reviews-a1", "tsv"),
+    ("fedpurel", "fedpurel-", "synthetic2"),
+])
+def test_every_study_runs_on_other_data_and_reports_its_classes(tmp_path, tsv, study, cells, data):
+    if data == "tsv":
+        extra, classes = ["--data", f"tsv:{tsv}?text=review&label=verdict"], ["bad", "good", "meh"]
+    elif data == "synthetic2":
+        extra, classes = ["--data", "synthetic:topics?classes=2&n=600&test=100"], ["synthetic-world", "synthetic-sports"]
+    else:
+        train, test, classes = _dbpedia()
+        extra = ["--data", train, "--test-data", test, "--set", "data.max_train_samples=700",
+                 "--set", "data.max_test_samples=280"]
+    out, db = _launch(tmp_path, study, cells, *extra, "--set", "rounds=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{len(classes)} classes ({', '.join(classes[:6])}" in out.stdout
+    report = _report(tmp_path, study, db)
+    assert all(c in report for c in classes[:4]), report[:2000]  # the report names the data's classes
+
+
+@pytest.mark.slow
+def test_a_launch_whose_trials_all_fail_exits_non_zero_with_one_line_each(tmp_path):
+    out, _ = _launch(tmp_path, "fairness_paradox", "textcnn-a0.1", "--set", "cache_dir=/proc/no-such-dir")
+    assert out.returncode == 1, out.stderr[-3000:]
+    failed = [line for line in out.stdout.splitlines() if ": failed:" in line]
+    assert len(failed) == 1 and "[textcnn-a0.1-fedavg tune]" in failed[0] and "/proc/no-such-dir" in failed[0]
+    assert "(traceback: " in failed[0] and failed[0].rstrip(")").endswith("error.txt")
+    assert "Traceback" not in out.stdout + out.stderr  # tracebacks stay in the error files
+    assert "every trial failed" in out.stdout and "error: 1 of 1 cells have no result" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_plugin_method_runs_in_a_launch(tmp_path):
+    """A study file whose cells name a method defined outside the project (module:Class)."""
+    from pathlib import Path
+
+    study = tmp_path / "plugin.yaml"
+    study.write_text(
+        "study: plugin_study\n"
+        "base: {data: {source: 'sklearn:digits'}, model: {name: mlp}, partition: {num_clients: 4}, rounds: 2,\n"
+        "       max_local_steps: 5}\n"
+        "factors:\n"
+        "  method: {key: method.name, values: ['plugin_pkg.fedavg_step:FedAvgStep']}\n"
+        "cell_name: plugin\n"
+        "space: {method.params.server_lr: 'uniform(0.5, 1.0)'}\n")
+    tests_dir = str(Path(__file__).resolve().parent)  # where plugin_pkg lives, for the driver and the workers
+    out, db = _launch(tmp_path, str(study), "plugin", env={"PYTHONPATH": tests_dir})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plugin   " in out.stdout and "tunes method.params.server_lr" in out.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(db)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("plugin_study").experiment_id])
+            if r.data.tags.get("kind") != "launch"]
+    assert len(runs) == 2 and all(r.data.params["method.name"] == "plugin_pkg.fedavg_step:FedAvgStep" for r in runs)
+    assert all(r.data.metrics["round"] == 2 for r in runs)
