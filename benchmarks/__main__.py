@@ -8,8 +8,8 @@ MEM peak memory against the number of clients; memory over 100 trials (memory.py
 Prints one table (workload, implementation, seconds per round min/median/max, final accuracy, peak
 RSS) and one summary line of ratios; writes both to benchmarks/results/. Ratios are measured in one
 run on this machine (these machines are shared and noisy: compare ratios, not seconds). --quick
-runs fewer rounds and a smaller W3 (under 10 minutes on 2 cores once Flower's environment exists;
-creating it the first time takes a few minutes more).
+runs fewer rounds and a smaller W3 (its time is not measured yet; creating Flower's environment the
+first time takes a few minutes more).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workloads", nargs="*", metavar="WORKLOAD", help=f"any of {', '.join(WORKLOADS)} (default: all)")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds and a smaller W3: under 10 minutes")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and a smaller W3")
     ap.add_argument("--no-flower", action="store_true", help="skip Flower in W1 (no environment is created)")
     args = ap.parse_args(argv)
     chosen = [w.upper() for w in args.workloads] or list(WORKLOADS)

@@ -144,7 +144,8 @@ class LoraConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    # textcnn | mlp | minilm-l6 | tiny-bert | tiny-distilbert | any hub id (online)
+    # textcnn | mlp | minilm-l6 | tiny-bert | tiny-distilbert | tiny-vit | tiny-mixer | tiny-clip |
+    # timm:<name> | clip:<arch>/<tag> | any hub id (online)
     name: str = "textcnn"
     # lora: LoRA adapters + head trainable; full: every weight trainable; head: only the head.
     # None picks the model's natural default: lora for transformers, full for textcnn/mlp.

@@ -21,15 +21,15 @@ import yaml
 
 # flag -> dotted config key
 FLAGS = {
-    "data": ("data.source", str, "data source URI (hf:, csv:, tsv:, sklearn:digits, synthetic:topics)"),
+    "data": ("data.source", str, "data source URI (hf:, csv:, tsv:, images:, sklearn:digits, synthetic:topics)"),
     "test_data": ("data.test_source", str, "separate test-set URI"),
     "max_train": ("data.max_train_samples", int, "use at most this many training samples (stratified)"),
     "max_test": ("data.max_test_samples", int, "bound the global test set (stratified)"),
     "max_len": ("data.max_len", int, "tokens (or words for textcnn) per text"),
-    "partition": ("partition.kind", str, "iid or dirichlet"),
+    "partition": ("partition.kind", str, "iid, dirichlet, classes, domain, domain_dirichlet or pooled"),
     "alpha": ("partition.alpha", float, "Dirichlet concentration (> 0)"),
     "clients": ("partition.num_clients", int, "number of clients"),
-    "model": ("model.name", str, "textcnn, mlp, minilm-l6, tiny-bert, tiny-distilbert, or a hub id"),
+    "model": ("model.name", str, "textcnn, mlp, minilm-l6, tiny-bert, tiny-distilbert, tiny-vit, tiny-mixer, tiny-clip, timm:<name>, clip:<arch>/<tag>, or a hub id"),
     "tuning": ("model.tuning", str, "lora, full or head (transformers)"),
     "lora_r": ("model.lora.r", int, "LoRA rank"),
     "method": ("method.name", str, "federated method (see --list-methods)"),
@@ -41,7 +41,7 @@ FLAGS = {
     "clients_per_round": ("clients_per_round", int, "clients sampled per round (default: all)"),
     "local_epochs": ("local_epochs", int, "local epochs per round"),
     "batch_size": ("batch_size", int, "local batch size"),
-    "protocol": ("eval.protocol", str, "local_split or class_filtered"),
+    "protocol": ("eval.protocol", str, "local_split, class_filtered or pooled_local"),
     "eval_every": ("eval.every", int, "evaluate every N rounds"),
     "seed": ("seed", int, "trial seed (partition, sampling, local shuffling)"),
     "device": ("device", str, "cpu or cuda"),

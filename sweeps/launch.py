@@ -239,9 +239,9 @@ class Progress(tune.Callback):
             status = f"stopped early at round {int(r.get('round', 0))}"
         else:
             status = "done"
-        values = " ".join(f"{SHORT.get(k, k)} {r.get(k, math.nan):.4f}" for k in self.objectives)
+        values = ", ".join(f"{SHORT.get(k, k)} {100 * r.get(k, math.nan):.1f}%" for k in self.objectives)
         print(f"  [{label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
-              f"so far {best:.4f}; {self.running(trials, trial)} running", flush=True)
+              f"so far {100 * best:.1f}%; {self.running(trials, trial)} running", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed, retried once: {error_line(trial.error_file)}",
@@ -273,7 +273,9 @@ def last_line(text: str) -> str:
     return lines[-1][:300] if lines else "no message"
 
 
-SHORT = {"worst_client_acc": "worst", "balancedness": "bal", "mean_client_acc": "mean", "global_acc": "acc"}
+# the words of the result table and the reports
+SHORT = {"worst_client_acc": "worst acc", "balancedness": "balancedness", "mean_client_acc": "mean acc",
+         "global_acc": "global acc"}
 TRIALS = "trials"  # the launch's one Tune experiment, under its tune_dir
 
 
@@ -418,8 +420,10 @@ def estimate(entries, args, profile) -> str:
     if not per:
         return f"{work} trial-rounds; no measured cost for profile {profile.name}, so no time estimate"
     minutes = work * per / args.max_concurrent / 60
-    return (f"{work} trial-rounds at {per:g} s each with {args.max_concurrent} at once: at most about "
-            f"{minutes:.0f} min, less where ASHA stops trials early (measured: {cost.get('measured') or 'unstated'})")
+    # the measured cost is a launch's wall time per planned trial-round, so it holds ASHA's stops and
+    # Ray's start: a plan like the measured one takes about this long
+    return (f"{work} trial-rounds; at the measured {per:g} s per planned trial-round with {args.max_concurrent} "
+            f"at once: about {max(1, round(minutes))} min (measured: {cost.get('measured') or 'unstated'})")
 
 
 def data_tags(info) -> dict[str, str]:

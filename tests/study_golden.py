@@ -1,8 +1,9 @@
 """What a built-in study plans, as plain data: its cells (names, recorded factors), every cell's
 config overrides and tuned space, its budget, objectives and scheduler, per profile.
 
-tests/golden/studies.json holds this for the five studies as they were defined in Python before
-they became study files; test_study_files.py checks that the files plan exactly the same.
+tests/golden/studies.json holds this for the five studies as they were defined in Python (commit
+982cd10) before they became study files; test_study_files.py checks that the files plan exactly the
+same.
 
     python -m tests.study_golden > tests/golden/studies.json   # only to re-record, on purpose
 """
@@ -49,7 +50,7 @@ def describe(study_name: str, profile_name: str, controls: bool, data_dir: str |
     # what a trial runs: the validated config (where it differs from the defaults; the space's keys at
     # its probe values) and the space, in order (each cell's sampler draws in that order)
     return {
-        "profile_summary": profile.summary, "num_samples": profile.num_samples, "seeds": profile.seeds,
+        "num_samples": profile.num_samples, "seeds": profile.seeds,
         "grace_rounds": profile.grace_rounds, "objectives": list(study.objectives), "asha_metric": study.asha_metric,
         "cpus_per_trial": profile.cpus_per_trial, "gpus_per_trial": profile.gpus_per_trial,
         "zero_shot_row": study.zero_shot_row, "data_files": list(profile.data_files),
@@ -60,11 +61,12 @@ def describe(study_name: str, profile_name: str, controls: bool, data_dir: str |
 
 
 def record(root: Path) -> dict:
-    from sweeps.studies import STUDIES
+    from sweeps.studies import builtin_studies
+    from sweeps.study_file import read
 
     out = {}
-    for name, study in STUDIES.items():
-        for profile in study.profiles:
+    for name, path in builtin_studies().items():
+        for profile in read(path)[0]["profiles"]:
             for controls in (False, True) if name in CONTROLLED else (False,):
                 key = f"{name}/{profile}" + ("/controls" if controls else "")
                 out[key] = describe(name, profile, controls, data_dir_for(name, profile, root))

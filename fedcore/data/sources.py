@@ -72,7 +72,7 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
     if ":" not in uri:
         raise ValueError(
             f"{uri!r} has no scheme; allowed: "
-            "hf:<name>, csv:<path>, tsv:<path>, sklearn:digits, synthetic:topics"
+            "hf:<name>, csv:<path>, tsv:<path>, images:<dir or .tar>, sklearn:digits, synthetic:topics"
         )
     scheme, rest = uri.split(":", 1)
     target, _, query = rest.partition("?")
