@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweeps.report_common import as_number, child_runs, factors, find_parent, record
+from sweeps.report_common import as_number, child_runs, factors, find_parent, record, write_csv
 
 FIXED = ("study", "launch", "run_id", "trial", "cell", "stage", "status", "seed", "data_name", "data_classes")
 
@@ -92,16 +92,11 @@ def tidy(study: str, tracking_uri: str | None = None, run_id: str | None = None,
 def write_tidy(rows: list[dict[str, Any]], path: Path) -> tuple[list[Path], str | None]:
     """`path` with .csv, and with .parquet where pyarrow is importable: (files written, a note where
     the Parquet file was skipped)."""
-    import csv
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = path.with_suffix(".csv")
     columns = list(rows[0]) if rows else list(FIXED)
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, columns, ([r[c] for c in columns] for r in rows))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

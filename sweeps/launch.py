@@ -29,7 +29,6 @@ import math
 import os
 import re
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -130,29 +129,48 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
         cells = [c for c in cells if re.search(args.cells, study.cell_name(c))]
         if not cells:
             raise ValueError(f"--cells {args.cells!r} matches no cell of {study.name}")
+    # --space replaces a key where the study tunes it, and adds it everywhere where the study does not
+    tuned_somewhere = {k for c in cells for k in study.space(c)}
     entries = []
     for cell in cells:
         name, design = study.cell_name(cell), study.cell_overrides(cell, profile)
         fixed = study.design_keys(cell, profile) if study.design_keys else set(design)
-        for key in sets:
-            if key in fixed:  # fixing it would turn several cells into one
-                raise ValueError(f"--set {key}: it is part of the study's design (cell {name} sets it to "
-                                 f"{design[key]!r}); choose cells with --cells, or sweep it in a study file")
+        for flag, keys in (("--set", sets), ("--space", extra_space)):
+            for key in keys:
+                if key in fixed:  # fixing or tuning it would turn several cells into one
+                    raise ValueError(f"{flag} {key}: it is part of the study's design (cell {name} sets it to "
+                                     f"{design[key]!r}); to change it, edit a copy of the study "
+                                     f"(python -m sweeps.launch {study.name} --print-study)")
         # a cell's own rounds (a dataset's, in a profile over several) win over the profile's rule
         overrides = {"rounds": profile.rounds, **design, "device": args.device,
                      **zero_shot_overrides(study, profile), **sets}
-        space = {**{k: d for k, d in study.space(cell).items() if k not in sets},
-                 **extra_space}
-        probe = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
+        own = study.space(cell)
+        space = {**{k: d for k, d in own.items() if k not in sets},
+                 **{k: d for k, d in extra_space.items() if k in own or k not in tuned_somewhere}}
+        overrides = {k: v for k, v in overrides.items() if k not in space}  # a tuned key is the space's
         try:
-            # a config of this cell must be valid; the device is checked where the trials run (a
-            # cluster's head may have no GPU), so the driver validates the rest on the CPU
-            cfg = make_config(profile.base, **{**overrides, "device": "cpu"}, **probe)
+            # every config of this cell must be valid: the space's corners and each choice; the device
+            # is checked where the trials run (a cluster's head may have no GPU), so the driver
+            # validates the rest on the CPU
+            for probe in probes(space):
+                cfg = make_config(profile.base, **{**overrides, "device": "cpu", **probe})
+            cfg = make_config(profile.base, **{**overrides, "device": "cpu", **probes(space)[0]})
         except ConfigError as e:
             raise ValueError(f"cell {name}: {e}") from None
         entries.append({"cell": cell, "name": name, "overrides": overrides, "space": space, "cfg": cfg,
                         "protocol": protocol(cfg, space)})
     return entries
+
+
+def probes(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Points of a space whose configs must all be valid: its lower corner (first: the plan's config),
+    its upper corner, and each choice of a categorical with the rest at the lower corner."""
+    low = {k: (d.low if hasattr(d, "low") else d.choices[0]) for k, d in space.items()}
+    high = {k: (d.high if hasattr(d, "high") else d.choices[-1]) for k, d in space.items()}
+    out = [low, high]
+    for k, d in space.items():
+        out += [{**low, k: c} for c in getattr(d, "choices", ())[1:-1]]
+    return out
 
 
 def check_data(study, entries: list[dict[str, Any]], dry_run: bool = False) -> dict[str, Any]:
@@ -243,14 +261,11 @@ class Progress(tune.Callback):
         print(f"  [{label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
               f"so far {100 * best:.1f}%; {self.running(trials, trial)} running", flush=True)
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed, retried once: {error_line(trial.error_file)}",
-              flush=True)
-
     def on_trial_error(self, iteration, trials, trial, **info):
-        # the storage copy outlives Ray's session folder, where trial.error_file lies
+        # one line, once Tune's retry (FailureConfig max_failures=1) failed too; the storage copy of
+        # the error file outlives Ray's session folder, where trial.error_file lies
         kept = Path(trial.path, "error.txt") if trial.path and "://" not in trial.path else trial.error_file
-        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed: {error_line(trial.error_file)} "
+        print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed (retried once): {error_line(trial.error_file)} "
               f"(traceback: {kept})", flush=True)
 
 
@@ -318,13 +333,19 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
         raise Interrupted(path)
     rows = []
     for e in entries:
-        seeded = [r for r in mine[e["name"]] if r.config.get(STAGE) == "seeds"]
+        # a seed run counts where it ran every round without diverging (a failed one's last metrics
+        # are no result)
+        all_seeds = [r for r in mine[e["name"]] if r.config.get(STAGE) == "seeds"]
+        seeded = [r for r in all_seeds if r.error is None and ran_all_rounds(r.metrics, rounds[e["name"]])]
         finished = [r for r in tuned[e["name"]] if ran_all_rounds(r.metrics, rounds[e["name"]])]
         failed = [r for r in mine[e["name"]] if r.error is not None]
         if not finished and failed and len(failed) == len(tuned[e["name"]]):
             rows.append({"cell": e["name"], "error": f"every trial failed, e.g. {last_line(str(failed[0].error))}"})
         elif not finished:
             rows.append({"cell": e["name"], "error": "no trial finished"})
+        elif all_seeds and not seeded:
+            why = next((last_line(str(r.error)) for r in all_seeds if r.error is not None), "they diverged")
+            rows.append({"cell": e["name"], "error": f"no seed run finished ({len(all_seeds)} run; e.g. {why})"})
         elif not seeded:
             # the search ended before this cell's seeds: stopped between trials (--resume runs them), or its
             # only finished tuning trial was an errored one that --resume re-ran after the search had ended
@@ -336,13 +357,13 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
 
 def cell_row(entry, seeded) -> dict[str, Any]:
     """A cell's table row: the mean and sd over its seed runs' final metrics."""
+    from sweeps.report_common import mean_sd
+
     chosen = {k: v for k, v in seeded[0].config.items() if k in entry["space"]}
-    finals = [r.metrics for r in seeded if r.metrics and not r.metrics.get("diverged")]
+    finals = [r.metrics for r in seeded]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
     for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc"):
-        vals = [m[key] for m in finals if m.get(key) == m.get(key)]
-        row[key] = statistics.fmean(vals) if vals else math.nan
-        row[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row[key], row[key + "_sd"], _ = mean_sd(m.get(key) for m in finals)
     return row
 
 
@@ -524,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trials = len(entries) * (args.num_samples + args.seeds)
     print(f"study {study.name}, profile {profile.name}: {profile.summary}"
-          + ("; its data replaced by --data" if args.data else ""))
+          + ("; its data replaced by --data" if args.data else "; its data from --data-dir" if args.data_dir else ""))
     print(f"{len(entries)} design cells x ({args.num_samples} tuning + {args.seeds} seed trials) = {trials} trials; "
           f"objectives {', '.join(study.objectives)}; ASHA on {study.asha_metric}")
     print(estimate(entries, args, profile))
@@ -576,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
               f"continue with: {command(resume)}", file=sys.stderr)
         return 130
     print_table(rows, study.objectives[0])
-    summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0]))
+    # one number per cell on the parent run, the one that picked each cell's best: its chart is the answer
+    summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0]),
+                     keys=(study.objectives[0],), seeds=False)
     failed = [r["cell"] for r in rows if "error" in r]
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
     # mlflow ui is the full server in MLflow 3 (a job runner and its workers): server.sh starts a light one

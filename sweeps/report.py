@@ -39,7 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sweeps.report_common import (Line, ReportError, data_names, data_note, describe_data,
+from sweeps.report_common import (Line, ReportError, bare_number_classes, data_names, data_note, describe_data,
                                   find_parent, generic_report, is_paper_data, mean_sd, methods_ref, no_reference,
                                   pct, pct_header, plot_curves, plot_lines, pm, seed_records, titled, write_csv,
                                   zero_shot_records)
@@ -217,7 +217,7 @@ REPORTS = {"fairness_paradox": fairness_report, "rank_collapse": rank_collapse_r
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study name (the launch's MLflow experiment), e.g. fairness_paradox or your own")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<repo>/mlflow/mlflow.db)")
@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.study}{' (generic report)' if generic else ''}: launch {parent.info.run_id} (profile "
           f"{tags.get('profile')}, commit {tags.get('git_commit', '?')[:10]}), {len(records)} seed runs"
           + (f"; data {data}" if data else "") + "\n")
+    if bare_number_classes(records):
+        print("note: no zero-shot row: the data's classes are bare numbers, which a zero-shot head cannot read as "
+              "prompts; name them with class_names=a,b,... in the data URI\n")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -185,6 +185,12 @@ def data_names(records: list[dict[str, Any]]) -> list[str]:
     return sorted({n.strip() for r in records if r.get("data_name") for n in r["data_name"].split(",") if n.strip()})
 
 
+def bare_number_classes(records: list[dict[str, Any]]) -> bool:
+    """Whether the runs' classes are only ids (no class_names given), as the launch tagged them."""
+    classes = {c for r in records if r.get("data_classes") for c in r["data_classes"].split(",")}
+    return bool(classes) and all(re.fullmatch(r"-?\d+", c) for c in classes)
+
+
 def describe_data(records: list[dict[str, Any]]) -> str:
     """'ag_news (World, Sports, Business, Sci/Tech; 4 classes)'; '' for untagged runs."""
     names = data_names(records)

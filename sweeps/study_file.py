@@ -330,7 +330,10 @@ def check_references(sf: StudyFile, where: str) -> None:
         check(ex, f"exclude[{i}]")
     for i, rule in enumerate(sf.cells):
         check(rule.where, f"cells[{i}].where")
+    level_keys = {k for f in factors.values() for _, level in f.level_items() for k in level.set}
     for key, entry in sf.space.items():
+        if key in level_keys:  # a cell's level fixes it: tuning it too would merge cells
+            raise StudyFileError(f"{where}: space.{key}: a factor's level sets it; tune it or make it a factor")
         for j, e in enumerate(space_entries(entry)):
             check(e.where, f"space.{key}")
             try:
@@ -449,6 +452,10 @@ def load_study(path: str | Path, profile: str | None = None, controls: bool = Fa
     path = Path(path).expanduser().resolve()
     doc, sha = read(path)
     sf, name = resolve(doc, profile, controls, f"study file {path}")
+    for other in doc.get("profiles") or {}:  # a typo in another profile is caught now, not when it runs
+        for with_controls in (False, True) if doc.get("controls") else (False,):
+            resolve(doc, other, with_controls, f"study file {path}, profile {other}"
+                    + (" with --controls" if with_controls else ""))
     base: dict[str, Any] = {}
     for key, value in sf.base.items():  # dotted and nested keys alike
         for k, v in (_flatten(value, key) if isinstance(value, dict) and "." not in key else {key: value}).items():

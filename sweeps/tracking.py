@@ -8,7 +8,6 @@ RunConfig by dotted name); the parent run's description holds the launch's resul
 metrics one summary per cell (`<cell>/worst_client_acc`, summarize_launch)."""
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from sweeps.report_common import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE_DIR = ROOT / "mlflow"
@@ -394,12 +395,13 @@ def note_text(study: str, tags: dict[str, str], table_text: str, rows: list[dict
 
 
 def summarize_launch(uri: str, run_id: str, rows: list[dict[str, Any]], table_text: str,
-                     data: str | None = None) -> None:
+                     data: str | None = None, keys: tuple[str, ...] = SUMMARY_KEYS, seeds: bool = True) -> None:
     """Once a launch's result table exists: the parent run's description (the `mlflow.note.content`
     tag, Markdown) holds the table (`table_text`, as the console prints it) with the study, profile,
     data and command, and the parent run gets one metric per cell and summary key
     (summary_metric_name: `<cell>/worst_client_acc`, ..., means over seeds, and `<cell>/seeds`, 0 for
-    a cell without a result). `data` overrides the data line (default: the parent's data_* tags).
+    a cell without a result; `keys` and `seeds` choose which). `data` overrides the data line
+    (default: the parent's data_* tags).
     Run again (a resumed launch), it replaces the description and logs the metrics again."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -412,8 +414,9 @@ def summarize_launch(uri: str, run_id: str, rows: list[dict[str, Any]], table_te
     now = int(time.time() * 1000)
     metrics = []
     for row in rows:
-        values = {k: row.get(k) for k in SUMMARY_KEYS}
-        values["seeds"] = 0 if "error" in row else row.get("seeds", 0)
+        values = {k: row.get(k) for k in keys}
+        if seeds:
+            values["seeds"] = 0 if "error" in row else row.get("seeds", 0)
         # numbers only, and no NaN: a chart of the cells skips a cell without a value, not draws a hole
         metrics += [Metric(summary_metric_name(row["cell"], k), float(v), now, 0) for k, v in values.items()
                     if isinstance(v, numbers.Number) and not isinstance(v, bool) and math.isfinite(v)]
@@ -427,10 +430,7 @@ def write_artifacts(result: dict[str, Any], directory: Path) -> list[Path]:
     out = []
     for name, rows, label in (("per_client_accuracy.csv", clients, "client"), ("per_class_accuracy.csv", classes, "class")):
         path = directory / name
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow([label, "accuracy"])
-            w.writerows(rows)
+        write_csv(path, [label, "accuracy"], rows)
         out.append(path)
     if clients:
         import matplotlib

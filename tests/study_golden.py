@@ -1,9 +1,10 @@
 """What a built-in study plans, as plain data: its cells (names, recorded factors), every cell's
 config overrides and tuned space, its budget, objectives and scheduler, per profile.
 
-tests/golden/studies.json holds this for the five studies as they were defined in Python (commit
-982cd10) before they became study files; test_study_files.py checks that the files plan exactly the
-same.
+tests/golden/studies.json holds this for the five studies as they were defined in Python, recorded
+at commit 69c057f (their definitions as at 982cd10, apart from --data-dir now reaching fed_lpfm's and
+fedpurel's smoke profiles), before they became study files; test_study_files.py checks that the
+files plan exactly the same. (Smoke launches at 982cd10 and after the change gave identical trials.)
 
     python -m tests.study_golden > tests/golden/studies.json   # only to re-record, on purpose
 """

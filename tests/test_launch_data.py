@@ -55,6 +55,15 @@ def test_space_replaces_and_extends_the_tuned_distributions(capsys):
     assert "space: optimizer.lr=loguniform(0.001, 0.1); batch_size=choice([8, 32])" in out
 
 
+def test_space_replaces_a_key_only_where_the_study_tunes_it(capsys):
+    code, out, _ = run(["fairness_paradox", "--dry-run", "--cells", "fm_lora-a1", "--space",
+                        "method.params.beta=uniform(0.0, 5.0)"], capsys)
+    assert code == 0
+    spaces = [ln for ln in out.splitlines() if ln.strip().startswith("space:")]
+    assert spaces == ["      space: optimizer.lr=loguniform(5e-05, 0.003)",
+                      "      space: optimizer.lr=loguniform(5e-05, 0.003); method.params.beta=uniform(0, 5)"]
+
+
 def test_bare_number_classes_drop_the_zero_shot_row_with_one_note(tmp_path, capsys):
     path = tmp_path / "nums.csv"
     path.write_text("text,label\n" + "".join(f"words {i % 2} here,{i % 2}\n" for i in range(40)))
@@ -102,6 +111,10 @@ def _bad_inputs(tmp_path, tsv):
         (["fairness_paradox", "--set", "rounds=4", "--space", "rounds=randint(2, 5)"], "both fixed (--set) and tuned"),
         (["fairness_paradox", "--set", "partition.num_clients=5000"], "partition"),
         (["fed_lpfm", "--data", f"csv:{nums}", "--cells", "fed_lpfm"], "reads the class names as prompts"),
+        (["fairness_paradox", "--space", "optimizer.momentum=uniform(0.5, 0.9)"], "--space optimizer.momentum: it is "
+         "part of the study's design"),
+        (["fairness_paradox", "--space", "optimizer.lr=choice([0.01, 0.02, -1])"], "optimizer.lr"),
+        (["fairness_paradox", "--space", "batch_size=randint(0, 4)"], "batch_size"),
     ]
 
 
@@ -181,8 +194,9 @@ def test_every_study_runs_on_other_data_and_reports_its_classes(tmp_path, tsv, s
 def test_a_launch_whose_trials_all_fail_exits_non_zero_with_one_line_each(tmp_path):
     out, _ = _launch(tmp_path, "fairness_paradox", "textcnn-a0.1", "--set", "cache_dir=/proc/no-such-dir")
     assert out.returncode == 1, out.stderr[-3000:]
-    failed = [line for line in out.stdout.splitlines() if ": failed:" in line]
+    failed = [line for line in out.stdout.splitlines() if "] trial " in line]  # every line about a trial
     assert len(failed) == 1 and "[textcnn-a0.1-fedavg tune]" in failed[0] and "/proc/no-such-dir" in failed[0]
+    assert ": failed (retried once): " in failed[0]
     assert "(traceback: " in failed[0] and failed[0].rstrip(")").endswith("error.txt")
     assert "Traceback" not in out.stdout + out.stderr  # tracebacks stay in the error files
     assert "every trial failed" in out.stdout and "error: 1 of 1 cells have no result" in out.stderr

@@ -71,6 +71,7 @@ BASE = {"study": "mine", "base": {"data": {"source": "sklearn:digits"}, "model":
     ({"factors": {"alpha": {"values": [0.1]}}}, "values need the key"),
     ({"factors": {"d": {"from": "files"}}}, "from: 'files'; allowed: datasets"),
     ({"vars": {"a": 1}, "summary": "${b}"}, "${b} is not in vars"),
+    ({"profiles": {"smoke": {}, "full": {"budgt": {}}}}, "profile full: budgt: unknown key (did you mean 'budget'?)"),
     ({"profiles": {"smoke": {}}, "controls": {}}, None),  # valid; checked below with --controls
 ])
 def test_a_bad_study_file_is_one_line_naming_the_key(tmp_path, capsys, change, message):
@@ -139,3 +140,39 @@ def test_the_readme_study_runs_resumes_and_reports(tmp_path):
                              "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "fedprox" in report.stdout and "0.1" in report.stdout
+
+
+def test_the_readme_plugin_method_runs_through_fedcore_run(tmp_path):
+    """The README's "Your own method" code and command, as pasted."""
+    import os
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Your own method"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "mylab").mkdir()
+    (tmp_path / "mylab" / "__init__.py").write_text("")
+    (tmp_path / "mylab" / "server_step.py").write_text(code)
+    out = subprocess.run([sys.executable, "-m", "fedcore.run", "--data", "sklearn:digits", "--model", "mlp",
+                          "--rounds", "2", "--method", "mylab.server_step:ServerStep", "--set",
+                          "method.params.server_lr=0.5"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mylab.server_step:ServerStep" in out.stdout and "round   2/2" in out.stdout
+
+
+def test_the_readme_csv_example_plans(tmp_path, capsys):
+    """The README's "Your own data" CSV, made as its snippet makes it, through fairness_paradox's dry run."""
+    from tests.conftest import AG_NEWS
+
+    if not (AG_NEWS / "train.csv").is_file():
+        pytest.skip(f"real AG News not found at {AG_NEWS} (../shared/data is absent on a fresh clone)")
+    import csv
+
+    rows = list(csv.DictReader(open(AG_NEWS / "train.csv")))[:3000]
+    with open(tmp_path / "reviews.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "topic"])
+        w.writerows([r["text"], r["label_name"]] for r in rows)
+    assert main(["fairness_paradox", "--data", f"csv:{tmp_path / 'reviews.csv'}?text=review&label=topic",
+                 "--dry-run"]) == 0
+    assert "data reviews: " in capsys.readouterr().out

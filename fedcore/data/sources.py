@@ -92,7 +92,8 @@ for _allowed in _ALLOWED_PARAMS.values():
     _allowed.add("name")  # the dataset's name in reports and tags (source_name otherwise)
 
 # file or folder stems that say nothing about the dataset: its folder names it instead
-_GENERIC_STEMS = ("train", "training", "data", "dataset", "all", "full")
+_GENERIC_STEMS = {"train", "training", "test", "testing", "val", "valid", "validation", "data", "dataset", "all",
+                  "full", "train_jpg", "test_jpg"}
 
 
 def source_name(uri: str) -> str:
@@ -104,7 +105,7 @@ def source_name(uri: str) -> str:
     if scheme in ("csv", "tsv", "images"):
         path = Path(target).expanduser().resolve()
         stem = path.name.split(".")[0]
-        if stem.lower().startswith(_GENERIC_STEMS) and path.parent.name:
+        if stem.lower() in _GENERIC_STEMS and path.parent.name:
             return path.parent.name
         return stem
     if scheme == "synthetic":
