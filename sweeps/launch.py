@@ -363,7 +363,7 @@ def cell_row(entry, seeded) -> dict[str, Any]:
     finals = [r.metrics for r in seeded]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
     for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc"):
-        row[key], row[key + "_sd"], _ = mean_sd(m.get(key) for m in finals)
+        row[key], row[key + "_sd"] = mean_sd(m.get(key) for m in finals)  # (mean, sd), with .n
     return row
 
 
