@@ -152,9 +152,7 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
             # every config of this cell must be valid: the space's corners and each choice; the device
             # is checked where the trials run (a cluster's head may have no GPU), so the driver
             # validates the rest on the CPU
-            for probe in probes(space):
-                cfg = make_config(profile.base, **{**overrides, "device": "cpu", **probe})
-            cfg = make_config(profile.base, **{**overrides, "device": "cpu", **probes(space)[0]})
+            cfg, *_ = [make_config(profile.base, **{**overrides, "device": "cpu", **p}) for p in probes(space)]
         except ConfigError as e:
             raise ValueError(f"cell {name}: {e}") from None
         entries.append({"cell": cell, "name": name, "overrides": overrides, "space": space, "cfg": cfg,
@@ -179,7 +177,7 @@ def check_data(study, entries: list[dict[str, Any]], dry_run: bool = False) -> d
     class names as prompts is refused. Returns {cell name: DataInfo}; ValueError otherwise."""
     from sweeps.preflight import check_data as load_and_check, note
 
-    infos = load_and_check(entries, log=lambda line: None, hub_optional=dry_run)
+    infos = load_and_check(entries, hub_optional=dry_run)
     skipped = []
     for e in entries:
         info = infos[e["name"]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from dataclasses import dataclass
 
 
@@ -39,7 +38,7 @@ def data_key(cfg) -> str:
     return json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
 
 
-def check_data(entries: list[dict], log=print, hub_optional: bool = False) -> dict[str, DataInfo | None]:
+def check_data(entries: list[dict], hub_optional: bool = False) -> dict[str, DataInfo | None]:
     """{cell name: its data's summary} for plan entries (each with its validated probe config under
     "cfg"); raises ValueError with one line where a cell's data or partition would fail.
     hub_optional (a dry run): hub data that cannot be reached from here is said in a note and its
@@ -52,7 +51,6 @@ def check_data(entries: list[dict], log=print, hub_optional: bool = False) -> di
     for e in entries:
         cfg, key = e["cfg"], data_key(e["cfg"])
         if key not in loaded:
-            t0 = time.perf_counter()
             try:
                 ds = load_raw(cfg)
             except DataSourceError as err:
@@ -67,7 +65,6 @@ def check_data(entries: list[dict], log=print, hub_optional: bool = False) -> di
             else:
                 info = DataInfo(ds.name, tuple(ds.class_names), len(ds.train), len(ds.test), ds.kind, ds.synthetic)
                 loaded[key] = (ds, info)
-                log(f"data {info.line()}; read in {time.perf_counter() - t0:.1f}s")
         ds, info = loaded[key]
         if ds is None:
             out[e["name"]] = None

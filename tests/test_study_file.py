@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sweeps.launch import main
-from sweeps.study_file import Replace, load_study, merge
+from sweeps.study_file import Replace, _Loader, load_study, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_print_study_gives_the_built_in_file(capsys):
     assert main(["rank_collapse", "--print-study"]) == 0
     text = capsys.readouterr().out
     assert text == (ROOT / "studies" / "rank_collapse.yaml").read_text()
-    assert yaml.load(text, Loader=__import__("sweeps.study_file", fromlist=["_Loader"])._Loader)["study"] == "rank_collapse"
+    assert yaml.load(text, Loader=_Loader)["study"] == "rank_collapse"
 
 
 @pytest.mark.slow
