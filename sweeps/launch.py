@@ -99,7 +99,7 @@ class Interrupted(Exception):
 
 
 # keys the launch owns: --set cannot fix them
-OWN_KEYS = {"seed": "the seed runs use seeds 0..n-1 (--seeds n)", "device": "use --device",
+OWN_KEYS = {"seed": "tuning trials run at seed 0, the seed runs at seeds 1..n (--seeds n)", "device": "use --device",
             "data.source": "use --data", "data.test_source": "use --test-data"}
 
 

@@ -7,6 +7,9 @@ whole launch. Two pieces make one experiment behave like the per-cell stages:
 
 - `CellSearch` (a Tune Searcher) runs one Optuna search per cell, in cell order, and as soon as a
   cell's tuning trials have all ended, queues that cell's seed trials with its best configuration.
+  Tuning trials run at the tuning seed (the config's `seed`, 0); seed trials at `evaluation_seeds`,
+  disjoint from it, so that no seed run repeats the trial it was chosen by (the winner's curse),
+  and the same in every cell, so that cells of one setting pair seed by seed.
 - `CellScheduler` gives each cell its own ASHA, so trials are only compared within their cell
   (cells differ in rounds and objectives' scale); seed trials are never stopped.
 
@@ -26,6 +29,11 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 CELL, STAGE = "_cell", "_stage"
+
+
+def evaluation_seeds(n: int, tuning_seed: int = 0) -> list[int]:
+    """The seeds of a cell's n seed runs: tuning_seed + 1 .. tuning_seed + n, never the tuning seed."""
+    return [tuning_seed + 1 + i for i in range(n)]
 
 
 @dataclass
@@ -103,8 +111,9 @@ class CellSearch(Searcher):
                 if c.seeds_suggested == 0:
                     chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.best.items())
                     self.log(f"[{i + 1}/{len(self.cells)}] {c.name}: seeds with {chosen or 'the fixed config'}")
+                seed = evaluation_seeds(c.seeds_suggested + 1, int(c.fixed.get("seed", 0)))[-1]
                 c.seeds_suggested += 1
-                return self._start(trial_id, c, "seeds", {**c.best, "seed": c.seeds_suggested - 1})
+                return self._start(trial_id, c, "seeds", {**c.best, "seed": seed})
         for i, c in enumerate(self.cells):
             if c.suggested < self.num_samples:
                 if c.suggested == 0:

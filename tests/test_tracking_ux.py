@@ -77,7 +77,7 @@ def test_a_launch_names_its_runs_logs_the_used_config_once_and_summarizes(ray_se
 
     runs = children(uri, parent)
     cell = entry["name"]
-    assert sorted(runs) == [f"{cell} / seed 0", f"{cell} / seed 1", f"{cell} / tune 1", f"{cell} / tune 2"]
+    assert sorted(runs) == [f"{cell} / seed 1", f"{cell} / seed 2", f"{cell} / tune 1", f"{cell} / tune 2"]
     lrs = set()
     for name, run in runs.items():
         params, tags = run.data.params, run.data.tags
