@@ -361,23 +361,26 @@ def cell_row(entry, seeded) -> dict[str, Any]:
     finals = [r.metrics for r in seeded]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
     for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc"):
-        row[key], row[key + "_sd"] = mean_sd(m.get(key) for m in finals)  # (mean, sd), with .n
+        row[key + "_stat"] = mean_sd(m.get(key) for m in finals)  # (mean, sd) with .n and the 95% interval
+        row[key], row[key + "_sd"] = row[key + "_stat"]
     return row
 
 
 def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> str:
     """The launch's result table, in percent, with the metric words of the reports."""
+    from sweeps.report_common import INTERVAL_NOTE, pm, pm_head
+
     width = max([28, *(len(r["cell"]) + 2 for r in rows)])
     heads = ("mean acc %", "worst acc %", "gap %", "balancedness %")
-    lines = [f"{'cell':<{width}}{'seeds':>6}  " + "  ".join(f"{h:>14}" for h in heads)]
+    lines = [f"{'cell':<{width}}{'seeds':>6}  " + "  ".join(pm_head(h) for h in heads)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['cell']:<{width}}  {r['error']}")
             continue
-        cols = "  ".join(f"{100 * r[k]:>6.1f} ± {100 * r[k + '_sd']:<5.1f}"
-                         for k in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"))
+        cols = "  ".join(pm(r[k + "_stat"]) for k in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"))
         lines.append(f"{r['cell']:<{width}}{r['seeds']:>6}  {cols}")
-    lines.append(f"(mean ± sd over seeds of the final round, in percent; each cell's best configuration by {objective})")
+    lines.append(f"({INTERVAL_NOTE} (seeds disjoint from the tuning trials'), final round, in percent; each cell's "
+                 f"best configuration by {objective}; which differences are resolved: python -m sweeps.report)")
     return "\n".join(lines)
 
 
@@ -463,7 +466,22 @@ def launch_tags(study, profile, entries) -> dict[str, str]:
         tags.update({"study_file": study.source, "study_sha": study.sha})
     if profile.options.get("report"):  # what the generic report tabulates and plots
         tags["report"] = json.dumps(profile.options["report"])
+    planned = contrast_plan(study, profile, entries)
+    if planned:  # what the report resolves (sweeps/contrasts.py)
+        from sweeps.tracking import split_tag
+
+        tags.update(split_tag("contrasts", json.dumps(planned, separators=(",", ":"))))
     return tags
+
+
+def contrast_plan(study, profile, entries) -> list[dict[str, Any]]:
+    """The study's declared contrasts as pairs of this launch's cells (sweeps/contrasts.py)."""
+    from sweeps.contrasts import plan
+
+    specs = profile.options.get("contrasts") or []
+    if not specs or study.labels is None:
+        return []
+    return plan(specs, [(e["name"], study.labels(e["cell"])) for e in entries])
 
 
 def print_study(args) -> int:

@@ -39,10 +39,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sweeps.report_common import (Line, ReportError, bare_number_classes, data_names, data_note, describe_data,
-                                  find_parent, generic_report, is_paper_data, mean_sd, methods_ref, no_reference,
-                                  pct, pct_header, plot_curves, plot_lines, pm, seed_records, titled, write_csv,
-                                  zero_shot_records)
+from sweeps.report_common import (INTERVAL_NOTE, LABELS, Line, ReportError, as_number, bare_number_classes, data_names,
+                                  cell_key, child_runs, data_note, describe_data, find_parent, generic_report, half_width, is_paper_data,
+                                  mean_sd, methods_ref, no_reference, pct, pct_header, plot_curves, plot_lines, pm,
+                                  pm_head, save_figure, seed_records, titled, write_csv, zero_shot_records)
+from sweeps.contrasts import contrast_rows, contrasts_csv_rows, format_contrasts
+from sweeps.stats import LEVEL
 from sweeps.report_lora import lora_fair_report, rank_collapse_report
 from sweeps.report_priors import fed_lpfm_report, fedpurel_report
 
@@ -67,9 +69,10 @@ FROM_SCRATCH = ("textcnn", "fm_scratch")
 
 
 def _row(model: str, agg: str, alpha: float, rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A table row: each metric a Stat (mean, sd, 95% interval, n) over the seed runs."""
     row: dict[str, Any] = {"model": model, "aggregation": agg, "alpha": alpha, "seeds": len(rs), "paper": None}
     for k in KEYS:
-        row[k], row[k + "_sd"] = mean_sd(r["metrics"].get(k, math.nan) for r in rs)
+        row[k] = mean_sd(r["metrics"].get(k, math.nan) for r in rs)
     return row
 
 
@@ -90,40 +93,55 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["alpha"], order.get(r["model"], 99), r["aggregation"]))
 
 
-def priors_verdict(rows: list[dict[str, Any]]) -> str | None:
-    """At the smallest alpha, with every control level present under FedAvg: do the pretrained levels
-    have the larger worst-client gap (the paper's claim) beyond one seed sd on each side?"""
-    alpha = min(r["alpha"] for r in rows)
-    gap = {r["model"]: r for r in rows if r["alpha"] == alpha and r["aggregation"] == "fedavg"}
-    if not all(m in gap for m in PRETRAINED + FROM_SCRATCH):
+# the referee's question: of two arms that differ in one thing, which difference moves the gap
+QUESTIONS = (("pretraining", "fm_full", "fm_scratch", "same encoder and full fine-tuning, pretrained or not"),
+             ("adaptation", "fm_lora", "fm_full", "both pretrained, LoRA or every weight"),
+             ("architecture and capacity", "fm_scratch", "textcnn", "both from scratch, MiniLM or TextCNN"))
+
+
+def priors_verdict(contrasts: list[dict[str, Any]]) -> str | None:
+    """At the smallest alpha, where the control levels ran: the gap contrasts that isolate pretraining,
+    adaptation and architecture/capacity, each with its interval and verdict (sweeps/contrasts.py)."""
+    gap = [r for r in contrasts if r["metric"] == "gap" and not r["interaction"]]
+    alphas = sorted({float(r["a_factors"]["alpha"]) for r in gap if "alpha" in r["a_factors"]})
+    if not alphas:
         return None
-    lo_pre = min(gap[m]["gap"] - gap[m]["gap_sd"] for m in PRETRAINED)
-    hi_pre = max(gap[m]["gap"] + gap[m]["gap_sd"] for m in PRETRAINED)
-    lo_scr = min(gap[m]["gap"] - gap[m]["gap_sd"] for m in FROM_SCRATCH)
-    hi_scr = max(gap[m]["gap"] + gap[m]["gap_sd"] for m in FROM_SCRATCH)
-    values = ", ".join(f"{m} {100 * gap[m]['gap']:.1f}" for m in PRETRAINED + FROM_SCRATCH)
-    if lo_pre > hi_scr:
-        answer = "yes: both pretrained levels have a larger gap than both from-scratch levels"
-    elif hi_pre < lo_scr:
-        answer = "no, the reverse: the from-scratch levels have the larger gap"
-    else:
-        same_arch = gap["fm_full"]["gap"] - gap["fm_scratch"]["gap"]
-        answer = (f"not separable within one seed sd; same encoder, pretrained minus scratch: "
-                  f"{100 * same_arch:+.1f} points")
-    return f"Does the worst-client gap at alpha {alpha:g} follow the priors? {answer} (gap, %: {values})"
+    alpha = alphas[0]
+    found = []
+    for label, a, b, what in QUESTIONS:
+        row = next((r for r in gap if r["a_factors"].get("model") == a and r["b_factors"].get("model") == b
+                    and float(r["a_factors"].get("alpha", "nan")) == alpha
+                    and r["a_factors"].get("aggregation", "fedavg") == "fedavg"), None)
+        if row is not None:
+            found.append((label, a, b, what, row))
+    if len(found) < len(QUESTIONS):
+        return None
+    lines = [f"Does the gap at alpha {alpha:g} follow pretraining, or architecture, capacity or adaptation? "
+             f"(gap difference, percentage points, {LEVEL:.0%} interval, Holm-adjusted verdict from the contrasts below)"]
+    resolved = []
+    for label, a, b, what, row in found:
+        c = row["result"]
+        ci = "" if c.lo != c.lo else f" [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]"
+        lines.append(f"  {label:<26} {a} - {b} ({what}): {100 * c.estimate:+.1f}{ci}, {row['verdict']}")
+        if row["verdict"] == "resolved":
+            resolved.append(f"{label} ({'widens' if c.estimate > 0 else 'narrows'} it)")
+    lines.append("  Answer: " + (f"resolved for {', '.join(resolved)}; the others are not resolved at these seeds."
+                                 if resolved else "none of the three is resolved at these seeds: this launch cannot "
+                                 "say what the gap follows."))
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
     """The table; `data`, the launch's data_name tags, decides whether the paper's column applies."""
     paper = is_paper_data(data, "fairness_paradox") is not False
-    head = (f"{'alpha':>5}  {'model':<11}{'agg':<9}{'seeds':>5}  {'mean acc':>12}  {'worst acc':>12}  "
-            f"{'gap':>12}  {'balancedness':>12}" + ("   paper avg/worst/gap" if paper else ""))
+    head = (f"{'alpha':>5}  {'model':<11}{'agg':<9}{'seeds':>5}  "
+            + "  ".join(pm_head(LABELS[k]) for k in KEYS) + ("   paper avg/worst/gap" if paper else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         ref = ("   " + ("/".join(f"{v:.1f}" for v in r["paper"]) if r["paper"] else "-")) if paper else ""
         lines.append(f"{r['alpha']:>5g}  {r['model']:<11}{r['aggregation']:<9}{r['seeds']:>5}  "
-                     + "  ".join(pm((r[k], r[k + "_sd"])) for k in KEYS) + ref)
-    note = ("(percent; mean ± sd over seeds, final round. zero_shot: the foundation model's own zero-shot head "
+                     + "  ".join(pm(r[k]) for k in KEYS) + ref)
+    note = (f"(percent; {INTERVAL_NOTE}, final round. zero_shot: the foundation model's own zero-shot head "
             "(no training) on the same clients, the prior before fine-tuning." + data_note(data))
     if paper:
         lines.append(note + f" Paper: {PAPER_NAME}, AG News, 10 clients, one seed ({methods_ref('FM Fairness Paradox')}); "
@@ -137,7 +155,7 @@ def format_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
 def table_csv(rows: list[dict[str, Any]], path: Path, paper: bool = True) -> None:
     write_csv(path, ["alpha", "model", "aggregation", "seeds", *[c for k in KEYS for c in pct_header(k)]]
               + (["paper_avg_%", "paper_worst_%", "paper_gap_%"] if paper else []),
-              ([r["alpha"], r["model"], r["aggregation"], r["seeds"], *[v for k in KEYS for v in pct((r[k], r[k + "_sd"]))]]
+              ([r["alpha"], r["model"], r["aggregation"], r["seeds"], *[v for k in KEYS for v in pct(r[k])]]
                + (list(r["paper"] or ("", "", "")) if paper else []) for r in rows))
 
 
@@ -159,8 +177,8 @@ def plot_gap_vs_alpha(rows, path: Path, title: str = "worst-client gap against l
     lines = []
     for key in sorted({(r["model"], r["aggregation"]) for r in rows}, key=_order):
         rs = sorted((r for r in rows if (r["model"], r["aggregation"]) == key), key=lambda r: r["alpha"])
-        lines.append(Line(_label(key), [r["alpha"] for r in rs], [100 * r["gap"] for r in rs],
-                          [100 * r["gap_sd"] for r in rs], color=_color(key)))
+        lines.append(Line(_label(key), [r["alpha"] for r in rs], [100 * r["gap"][0] for r in rs],
+                          [half_width(r["gap"]) for r in rs], color=_color(key), n=[r["gap"].n for r in rs]))
     plot_lines([lines], path, xlabel="Dirichlet alpha (smaller = more skewed)", logx=True,
                ylabels=["gap = mean - worst client acc (%)"], titles=[title])
 
@@ -187,14 +205,14 @@ def plot_per_client(records, alpha: float, path: Path) -> None:
     ax.set_title(titled(f"per-client accuracy at alpha {alpha:g} (seed {seed}, final round)", records), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
-def fairness_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+def fairness_report(client, parent, records, out: Path, contrasts=()) -> tuple[str, list[Path]]:
     rows = summarize(records)
     data = data_names(records)
-    verdict = priors_verdict(rows)
+    verdict = priors_verdict(list(contrasts))
     text = format_table(rows, data) + ("\n\n" + verdict if verdict else "")
     smallest = min(r["alpha"] for r in records)
     files = [out / "table.csv", out / "gap_vs_alpha.png", out / f"per_client_alpha{smallest:g}.png",
@@ -208,8 +226,54 @@ def fairness_report(client, parent, records, out: Path) -> tuple[str, list[Path]
     plot_curves(client, groups, "worst_client_acc", files[3], panels=sorted({a for a, _ in groups}),
                 series=sorted({s for _, s in groups}, key=_order), label=_label, color=_color,
                 panel_title=lambda a: f"alpha {a:g}", ylabel="worst-client acc (%)",
-                title=titled("worst-client accuracy over rounds (mean ± sd over seeds)", records))
+                title=titled("worst-client accuracy over rounds", records))
     return text, files
+
+
+def planned_contrasts(parent, study: str) -> list[dict[str, Any]]:
+    """The contrasts the launch planned (its parent's `contrasts` tag, sweeps/contrasts.py); for a launch
+    from before that tag, the built-in study's, with its controls' (a superset: pairs whose cells did
+    not run give no rows)."""
+    import json
+
+    from sweeps.tracking import joined_tag
+
+    tag = joined_tag(parent.data.tags, "contrasts")
+    if tag:
+        return json.loads(tag)
+    from sweeps.contrasts import plan
+    from sweeps.studies import get_study
+
+    name = parent.data.tags.get("profile")
+    for controls in (True, False):
+        try:
+            s = get_study(study, name, controls)
+            profile = s.profiles[name]
+            cells = s.cells(profile)
+            return plan(profile.options.get("contrasts") or [], [(s.cell_name(c), s.labels(c)) for c in cells])
+        except Exception:  # not a built-in study, no such profile, or no controls: try the next
+            continue
+    return []
+
+
+def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
+    """What every number is over, and where the eval protocol makes a metric degenerate."""
+    protocols = sorted({r["params"].get("eval.protocol", "") for r in records} - {""})
+    seeds = sorted({r["seed"] for r in records})
+    shared = sorted(set(seeds) & tuning_seeds)
+    tuned = ", ".join(map(str, sorted(tuning_seeds))) or "-"
+    note = (f"Every number is over each cell's seed runs (seeds {', '.join(map(str, seeds))}; "
+            + (f"disjoint from the tuning trials' seed {tuned}" if not shared else
+               f"WARNING: seed {', '.join(map(str, shared))} is also the tuning trials' seed, so each mean includes "
+               "a re-run of the trial chosen for being best (a launch from before seed runs were made disjoint)")
+            + f"), final round, eval protocol {', '.join(protocols) or 'unrecorded'}.")
+    zero_gap = sorted({cell_key(r) for r in records}
+                      - {cell_key(r) for r in records if r["metrics"].get("gap", 0.0) != 0.0})
+    if "class_filtered" in protocols:
+        note += (" Under class_filtered each client is scored on the test samples of the classes it holds, so "
+                 "clients that hold every class share one test set and their gap is 0 by construction")
+        note += (f"; here the gap is 0 on every seed in {', '.join(zero_gap)}." if zero_gap else ".")
+    return note
 
 
 REPORTS = {"fairness_paradox": fairness_report, "rank_collapse": rank_collapse_report, "lora_fair": lora_fair_report,
@@ -271,7 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     out = Path(args.out) if args.out else ROOT / "reports" / f"{args.study}-{parent.info.run_id[:8]}"
     out.mkdir(parents=True, exist_ok=True)
-    text, files = (generic_report if generic else REPORTS[args.study])(client, parent, records, out)
+    contrasts = contrast_rows(records, planned_contrasts(parent, args.study))
+    text, files = (generic_report if generic else REPORTS[args.study])(client, parent, records, out,
+                                                                        contrasts=contrasts)
+    tuning_seeds = {int(as_number(r.data.params.get("seed")) or 0) for r in child_runs(client, parent)
+                    if r.data.tags.get("cell.stage") == "tune"}
+    text += "\n\n" + protocol_note(records, tuning_seeds)
+    if contrasts:
+        text += "\n\n" + format_contrasts(contrasts)
+        files.append(out / "contrasts.csv")
+        write_csv(files[-1], *contrasts_csv_rows(contrasts))
+    files += [f.with_suffix(".svg") for f in files if f.suffix == ".png" and f.with_suffix(".svg").exists()]
     print(text)
     (out / "table.txt").write_text(text + "\n")
     files.append(out / "table.txt")

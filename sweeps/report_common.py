@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +89,8 @@ def record(run, parent=None) -> dict[str, Any]:
     """A trial run as the reports read it: its cell (the `cell.*` tags, name and stage included), seed,
     final metrics, params and data names (the run's data_name/data_classes tags, else its launch's).
     model/aggregation/alpha are the built-in studies' factors ("" and NaN where a study has none)."""
-    tags = {**{k: v for k, v in (parent.data.tags if parent else {}).items() if k in ("data_name", "data_classes")},
-            **run.data.tags}
+    tags = {**{k: v for k, v in (parent.data.tags if parent else {}).items()
+               if k in ("data_name", "data_classes", "data_synthetic", "profile")}, **run.data.tags}
     cell = {k[5:]: v for k, v in tags.items() if k.startswith("cell.")}
     alpha = as_number(cell.get("alpha"))
     return {"model": cell.get("model", ""), "aggregation": cell.get("aggregation", ""),
@@ -99,7 +98,8 @@ def record(run, parent=None) -> dict[str, Any]:
             "stage": cell.get("stage", ""), "seed": int(as_number(run.data.params.get("seed")) or 0),
             "run_id": run.info.run_id, "status": run.info.status, "trial": tags.get("trial_name", ""),
             "metrics": run.data.metrics, "params": run.data.params, "cell": cell,
-            "data_name": tags.get("data_name"), "data_classes": tags.get("data_classes")}
+            "data_name": tags.get("data_name"), "data_classes": tags.get("data_classes"),
+            "profile": tags.get("profile"), "synthetic": tags.get("data_synthetic") == "true"}
 
 
 def seed_records(client, parent) -> list[dict[str, Any]]:
@@ -118,39 +118,63 @@ def factors(rec: dict[str, Any]) -> dict[str, str]:
 
 # --- statistics ------------------------------------------------------------------------------------
 class Stat(tuple):
-    """(mean, sd) over seeds, NaNs left out, with `n` the number of values averaged; it unpacks and
-    compares as the pair."""
+    """(mean, sd) over seeds, NaNs left out, with `n` the number of values averaged and `lo`, `hi` the
+    95% Student-t interval of the mean (sweeps/stats.py; NaN, as the sd, for fewer than 2 values); it
+    unpacks and compares as the pair."""
 
-    def __new__(cls, mean: float, sd: float, n: int):
+    def __new__(cls, mean: float, sd: float, n: int, lo: float = math.nan, hi: float = math.nan):
         self = super().__new__(cls, (mean, sd))
-        self.n = n
+        self.n, self.lo, self.hi = n, lo, hi
         return self
 
 
 def mean_sd(values: Iterable[float]) -> Stat:
-    """Mean and sample sd (0 for one value) of the non-NaN values."""
-    vals = [float(v) for v in values if v is not None and v == v]
-    if not vals:
-        return Stat(math.nan, 0.0, 0)
-    return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+    """Mean, sample sd and 95% t interval of the non-NaN values (sd and interval NaN for one value)."""
+    from sweeps.stats import t_interval
+
+    iv = t_interval([v for v in values if v is not None])
+    return Stat(iv.mean, iv.sd, iv.n, iv.lo, iv.hi)
 
 
 def stat(records: list[dict[str, Any]], key: str) -> Stat:
     return mean_sd(r["metrics"].get(key, math.nan) for r in records)
 
 
+PM_WIDTH = 27  # what pm() of a Stat takes: 'mean ± sd [lo, hi]'
+INTERVAL_NOTE = "mean ± sd [95% Student-t interval of the mean] over n seed runs"
+
+
 def pm(pair: tuple[float, float], scale: float = 100.0) -> str:
-    """'mean ± sd', 12 characters, in percent by default; a dash where there is no value."""
+    """'mean ± sd [lo, hi]' (PM_WIDTH characters) of a Stat, 'mean ± sd' (12) of a plain pair; in percent
+    by default; dashes where there is no value (no sd and no interval from one seed)."""
     m, sd = pair
-    return f"{'-':>5}{'':7}" if math.isnan(m) else f"{scale * m:5.1f} ± {scale * sd:4.1f}"
+    ci = isinstance(pair, Stat)
+    if math.isnan(m):
+        return f"{'-':>5}{'':{PM_WIDTH - 5 if ci else 7}}"
+    head = f"{scale * m:5.1f} ± " + ("   -" if sd != sd else f"{scale * sd:4.1f}")
+    if not ci:
+        return head
+    if pair.lo != pair.lo:
+        return head + f" {'[-]':<14}"
+    return head + f" [{scale * pair.lo:5.1f}, {scale * pair.hi:5.1f}]"
+
+
+def half_width(s: Stat, scale: float = 100.0) -> float:
+    """The 95% interval's half-width (NaN for one seed): a plot's error bar."""
+    return scale * (s.hi - s.lo) / 2 if isinstance(s, Stat) and s.lo == s.lo else math.nan
+
+
+def pm_head(label: str) -> str:
+    return f"{label:>{PM_WIDTH}}"
 
 
 def pct_header(key: str) -> list[str]:
-    return [f"{key}_%", f"{key}_sd_%"]
+    return [f"{key}_%", f"{key}_sd_%", f"{key}_ci_lo_%", f"{key}_ci_hi_%"]
 
 
 def pct(pair: tuple[float, float]) -> list[float]:
-    return [100 * pair[0], 100 * pair[1]]
+    lo, hi = (pair.lo, pair.hi) if isinstance(pair, Stat) else (math.nan, math.nan)
+    return [100 * v if v == v else "" for v in (pair[0], pair[1], lo, hi)]
 
 
 # --- zero-shot rows --------------------------------------------------------------------------------
@@ -222,8 +246,13 @@ def data_note(names: Iterable[str]) -> str:
 
 
 def titled(title: str, records: list[dict[str, Any]]) -> str:
+    """A plot's title: what it shows, the data, the profile, and whether the data is synthetic."""
     names = data_names(records)
-    return f"{title}, {', '.join(names)}" if names else title
+    profiles = sorted({r["profile"] for r in records if r.get("profile")})
+    what = [f"profile {', '.join(profiles)}"] if profiles else []
+    if any(r.get("synthetic") for r in records):
+        what.append("synthetic data")
+    return (f"{title}, {', '.join(names)}" if names else title) + (f" ({'; '.join(what)})" if what else "")
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -238,20 +267,28 @@ def history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
+def save_figure(fig, path: Path) -> None:
+    """The PNG at `path` and an SVG beside it (for papers: vector, and editable)."""
+    fig.savefig(path, dpi=110)
+    fig.savefig(path.with_suffix(".svg"))
+
+
 def plot_curves(client, groups: dict[tuple, list[dict]], key: str, path: Path, *, title: str, ylabel: str,
                 panels: list | None = None, series: list | None = None, label: Callable[[Any], str] = str,
                 color: Callable[[Any], str] | None = None, panel_title: Callable[[Any], str] = str,
                 baselines: dict[Any, float] | None = None, scale: float = 100.0) -> None:
     """`groups` maps (panel, series) to seed records: one panel per panel key, one line per series, the
-    mean over seeds of metric `key` at every round that all seeds logged, a band of ± one sd over seeds;
-    `baselines` adds a dashed line per panel (a zero-shot value)."""
+    mean over seeds of metric `key` at every round that all seeds logged, a band of its 95% Student-t
+    interval over the n seeds (named in the legend); `baselines` adds a dashed line per panel (a
+    zero-shot value)."""
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import MaxNLocator
+    from scipy import stats as st
 
     panels = panels if panels is not None else list(dict.fromkeys(p for p, _ in groups))
     series = series if series is not None else list(dict.fromkeys(s for _, s in groups))
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.6 * len(panels)), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.6 * len(panels)), 3.8), sharey=True, squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for i, s in enumerate(series):
             curves = [c for c in (history(client, r["run_id"], key) for r in groups.get((panel, s), [])) if c]
@@ -261,10 +298,11 @@ def plot_curves(client, groups: dict[tuple, list[dict]], key: str, path: Path, *
             vals = scale * np.array([[c[t] for t in steps] for c in curves], dtype=float)
             mean = np.nanmean(vals, axis=0)
             col = color(s) if color else f"C{i % 10}"
-            ax.plot(steps, mean, marker=".", label=label(s), color=col)
-            if len(curves) > 1:
-                sd = np.nanstd(vals, axis=0, ddof=1)
-                ax.fill_between(steps, mean - sd, mean + sd, color=col, alpha=0.2, linewidth=0)
+            n = len(curves)
+            ax.plot(steps, mean, marker=".", label=f"{label(s)} (n={n})", color=col)
+            if n > 1:
+                half = st.t.ppf(0.975, n - 1) * np.nanstd(vals, axis=0, ddof=1) / np.sqrt(n)
+                ax.fill_between(steps, mean - half, mean + half, color=col, alpha=0.2, linewidth=0)
         if baselines and baselines.get(panel) == baselines.get(panel):  # not NaN
             ax.axhline(scale * baselines[panel], color="gray", linestyle="--", label="zero-shot")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -273,8 +311,9 @@ def plot_curves(client, groups: dict[tuple, list[dict]], key: str, path: Path, *
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.text(0.5, 0.005, "line: mean over n seed runs; band: its 95% Student-t interval", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -283,23 +322,27 @@ class Line:
     label: str
     x: list[float]
     y: list[float]  # means, already scaled
-    sd: list[float]
+    err: list[float]  # error bars: the 95% interval's half-widths (half_width), already scaled
     color: str | None = None
     style: str = "-"
+    n: list[int] | None = None  # seeds behind each point, for the legend
 
 
 def plot_lines(panels: list[list[Line]], path: Path, *, xlabel: str, ylabels: list[str], titles: list[str] = (),
                suptitle: str | None = None, logx: bool = False, xticklabels: list[str] | None = None,
                legend_size: int = 8) -> None:
-    """A metric against a factor: one panel per list of lines, each line its means with sd error bars."""
+    """A metric against a factor: one panel per list of lines, each line its means with error bars of the
+    95% interval (a note under the plot says so; the legend gives n)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 if len(panels) == 1 else 5 * len(panels), 3.8),
                              squeeze=False)
     for j, (ax, lines) in enumerate(zip(axes[0], panels)):
         for i, ln in enumerate(lines):
-            ax.errorbar(ln.x, ln.y, yerr=ln.sd, marker="o", capsize=3, linestyle=ln.style,
-                        color=ln.color or f"C{i % 10}", label=ln.label)
+            ns = sorted(set(ln.n or []))
+            n = "" if not ns else f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
+            ax.errorbar(ln.x, ln.y, yerr=ln.err, marker="o", capsize=3, linestyle=ln.style,
+                        color=ln.color or f"C{i % 10}", label=ln.label + n)
         if logx:  # ticks at the factor's own values: 0.1, 0.5, 1 read better than powers of ten
             ax.set_xscale("log")
             ticks = sorted({x for ln in lines for x in ln.x})
@@ -315,8 +358,10 @@ def plot_lines(panels: list[list[Line]], path: Path, *, xlabel: str, ylabels: li
     axes[0][-1].legend(fontsize=legend_size)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.text(0.5, 0.005, "points: mean over n seed runs, final round; bars: 95% Student-t interval", ha="center",
+             fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -379,13 +424,13 @@ def generic_table(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> 
     widths = {k: max(len(k), *(len(str(r["factors"][k])) for r in rows)) for k in names}
     cw = max(4, *(len(r["cell"]) for r in rows))
     head = (f"{'cell':<{cw}}  " + "".join(f"{k:>{widths[k]}}  " if k in numeric else f"{k:<{widths[k]}}  " for k in names)
-            + f"{'n':>3}  " + "  ".join(f"{LABELS.get(k, k):>12}" for k in keys))
+            + f"{'n':>3}  " + "  ".join(pm_head(LABELS.get(k, k)) for k in keys))
     lines = [head, "-" * len(head)]
     for r in rows:
         facs = "".join(f"{r['factors'][k]:>{widths[k]}}  " if k in numeric else f"{r['factors'][k]:<{widths[k]}}  "
                        for k in names)
         lines.append(f"{r['cell']:<{cw}}  {facs}{r['n']:>3}  " + "  ".join(pm(r[k]) for k in keys))
-    lines.append("(percent; mean ± sd over each cell's n seed runs, final round. zero-shot: the foundation model's "
+    lines.append(f"(percent; {INTERVAL_NOTE}, final round. zero-shot: the foundation model's "
                  "zero-shot head, untrained, on the same clients; one row for the cells it scored alike, '-' for "
                  "the factors that differ among them." + data_note(data_names(records)) + ")")
     return "\n".join(lines)
@@ -395,7 +440,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def generic_report(client, parent, records: list[dict[str, Any]], out: Path) -> tuple[str, list[Path]]:
+def generic_report(client, parent, records: list[dict[str, Any]], out: Path, contrasts=()) -> tuple[str, list[Path]]:
     """The generic report: table (text and table.csv), curves over rounds, metrics against each numeric
     factor. A study file's `report:` (the parent's `report` tag) picks the metrics and the factor to
     plot against."""
@@ -427,7 +472,7 @@ def generic_report(client, parent, records: list[dict[str, Any]], out: Path) -> 
         if key in keys:
             files.append(out / f"{key}_over_rounds.png")
             plot_curves(client, groups, key, files[-1], ylabel=f"{LABELS[key]} (%)",
-                        title=titled(f"{LABELS[key]} over rounds (mean ± sd over seeds)", records))
+                        title=titled(f"{LABELS[key]} over rounds", records))
     # each numeric factor on the x axis, one line per combination of the other factors
     shown = [k for k in keys if k != "global_acc"][:3]
     for factor in numeric if shown else ():
@@ -436,8 +481,9 @@ def generic_report(client, parent, records: list[dict[str, Any]], out: Path) -> 
         lines: dict[str, list[dict]] = defaultdict(list)
         for r in sorted(cells, key=x):
             lines[", ".join(f"{k} {r['factors'][k]}" for k in names if k != factor) or "all"].append(r)
-        panels = [[Line(label, [x(r) for r in rs], [100 * r[k][0] for r in rs], [100 * r[k][1] for r in rs],
-                        color=f"C{i % 10}") for i, (label, rs) in enumerate(lines.items())] for k in shown]
+        panels = [[Line(label, [x(r) for r in rs], [100 * r[k][0] for r in rs], [half_width(r[k]) for r in rs],
+                        color=f"C{i % 10}", n=[r[k].n for r in rs]) for i, (label, rs) in enumerate(lines.items())]
+                  for k in shown]
         xs = [x(r) for r in cells]
         files.append(out / f"metrics_vs_{_safe(factor)}.png")
         plot_lines(panels, files[-1], xlabel=factor, ylabels=[f"{LABELS.get(k, k)} (%)" for k in shown],

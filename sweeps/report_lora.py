@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from sweeps.report_common import (data_names, data_note, is_paper_data, methods_ref, no_reference, pct,
-                                  pct_header, plot_curves, pm, stat, titled, write_csv, zero_shot_records)
+from sweeps.report_common import (INTERVAL_NOTE, data_names, data_note, is_paper_data, methods_ref, no_reference, pct,
+                                  pct_header, plot_curves, pm, pm_head, stat, titled, write_csv, zero_shot_records)
 
 # the order the tables list the methods in (the studies' files name the same ones)
 RANK_COLLAPSE_METHODS = ("fedit", "hetlora", "flexlora", "flora", "raflora")
@@ -65,14 +65,14 @@ def rank_collapse_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def rank_collapse_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
-    head = (f"{'alpha':>5}  {'rank profile':<18}{'method':<10}{'seeds':>5}  {'mean acc':>12}  {'worst acc':>12}  "
-            f"{'gap':>12}  {'1-rho_rmin':>12}  {'eff. rank':>7}")
+    head = (f"{'alpha':>5}  {'rank profile':<18}{'method':<10}{'seeds':>5}  "
+            + "  ".join(pm_head(h) for h in ("mean acc", "worst acc", "gap", "1-rho_rmin")) + f"  {'eff. rank':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['alpha']:>5g}  {r['rank_profile']:<18}{r['method']:<10}{r['seeds']:>5}  "
                      f"{pm(r['mean_client_acc'])}  {pm(r['worst_client_acc'])}  {pm(r['gap'])}  "
                      f"{pm(r['energy_outside_shared'])}  {_num(r['effective_rank'][0]):>7}")
-    lines.append("(percent; mean ± sd over seeds, final round. 1-rho_rmin: share of the global update's energy "
+    lines.append(f"(percent; {INTERVAL_NOTE}, final round. 1-rho_rmin: share of the global update's energy "
                  "outside the smallest client rank, averaged over LoRA layers; raFLoRA's claim is that it decays "
                  "toward 0 under FlexLoRA/HetLoRA-style aggregation and does not under raFLoRA. zero_shot: the "
                  "foundation model's zero-shot head on the same clients, untrained." + data_note(data) +
@@ -80,7 +80,7 @@ def rank_collapse_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str
     return "\n".join(lines)
 
 
-def rank_collapse_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+def rank_collapse_report(client, parent, records, out: Path, contrasts=()) -> tuple[str, list[Path]]:
     rows = rank_collapse_rows(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -94,7 +94,7 @@ def rank_collapse_report(client, parent, records, out: Path) -> tuple[str, list[
             ("energy_outside_shared", files[1], "1 - rho_rmin (%)", "energy of the global update outside the shared rank"),
             ("worst_client_acc", files[2], "worst-client acc (%)", "worst-client accuracy over rounds")):
         plot_curves(client, groups, key, path, panels=panels, series=list(RANK_COLLAPSE_METHODS), ylabel=ylabel,
-                    title=titled(title + " (mean ± sd over seeds)", records))
+                    title=titled(title, records))
     return rank_collapse_table(rows, data_names(records)), files
 
 
@@ -157,7 +157,7 @@ def lora_fair_table(rows: list[dict[str, Any]], domains: list[str], data: list[s
         block = [r for r in rows if r["setting"] == setting]
         label, table = block[0]["paper_setting"], block[0]["paper_table"]
         paper_col = f"paper T{table} Avg" if table else "paper Avg"
-        head = f"{'method':<11}{'seeds':>5}  " + "  ".join(f"{c:>12}" for c in cols) + f"   {paper_col:>12}"
+        head = f"{'method':<11}{'seeds':>5}  " + "  ".join(pm_head(c) for c in cols) + f"   {paper_col:>12}"
         lines += [setting + (f"   [paper column: LoRA-FAIR {label}, Avg]" if label else "   [no paper column]"),
                   head, "-" * len(head)]
         for r in block:
@@ -165,7 +165,7 @@ def lora_fair_table(rows: list[dict[str, Any]], domains: list[str], data: list[s
             paper = f"{r['paper']:.2f}" if r["paper"] else "-"
             lines.append(f"{r['method']:<11}{r['seeds']:>5}  " + "  ".join(vals) + f"   {paper:>12}")
         lines.append("")
-    note = ("(percent; mean ± sd over seeds, final round; Avg is the mean of the per-domain accuracies where the "
+    note = (f"(percent; {INTERVAL_NOTE}, final round; Avg is the mean of the per-domain accuracies where the "
             "data has domains, the global test accuracy otherwise; zero_shot: the foundation model's zero-shot "
             "head, untrained, where it has one." + data_note(data))
     if is_paper_data(data, "lora_fair") is False:
@@ -178,7 +178,7 @@ def lora_fair_table(rows: list[dict[str, Any]], domains: list[str], data: list[s
     return "\n".join(lines)
 
 
-def lora_fair_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+def lora_fair_report(client, parent, records, out: Path, contrasts=()) -> tuple[str, list[Path]]:
     rows, domains = lora_fair_rows(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -190,5 +190,5 @@ def lora_fair_report(client, parent, records, out: Path) -> tuple[str, list[Path
               ([r["setting"], r["method"], r["seeds"], *values(r), r["paper"], r["paper_ref"]] for r in rows))
     plot_curves(client, groups, "domain_avg_acc" if domains else "global_acc", files[1], panels=panels,
                 series=list(LORA_FAIR_METHODS), ylabel="accuracy (%)",
-                title=titled("test accuracy over rounds (mean ± sd over seeds)", records))
+                title=titled("test accuracy over rounds", records))
     return lora_fair_table(rows, domains, data_names(records)), files

@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sweeps.report_common import (Line, data_names, data_note, is_paper_data, methods_ref, no_reference,
-                                  pct, pct_header, plot_curves, plot_lines, pm, stat, titled, write_csv,
+from sweeps.report_common import (INTERVAL_NOTE, PM_WIDTH, Line, data_names, data_note, is_paper_data, methods_ref, no_reference,
+                                  half_width, pct, pct_header, plot_curves, plot_lines, pm, pm_head, stat, titled, write_csv,
                                   zero_shot_records)
 
 LPFM_METHODS = ("fedavg", "fedprox", "fml", "fed_lpfm")  # the order the table lists them in
@@ -93,14 +93,14 @@ def fed_lpfm_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
     levels = _levels(rows)
     lines = []
     for block in dict.fromkeys((r["dataset"], r["student"]) for r in rows):
-        head = f"{'method':<40}" + "".join(f"{f'{lv}: acc':>17}{'balancedness':>14}" for lv in levels)
+        head = f"{'method':<40}" + "".join(f"  {pm_head(f'{lv}: acc')}  {pm_head('balancedness')}" for lv in levels)
         lines += [f"{block[0]}, student {_short(block[1])}", head, "-" * len(head)]
         for r in (r for r in rows if (r["dataset"], r["student"]) == block):
-            cells = "".join(f"{pm(r['levels'][lv]['acc']):>17}{pm(r['levels'][lv]['balancedness']):>14}"
-                            if lv in r["levels"] else f"{'-':>17}{'-':>14}" for lv in levels)
+            cells = "".join(f"  {pm(r['levels'][lv]['acc'])}  {pm(r['levels'][lv]['balancedness'])}"
+                            if lv in r["levels"] else f"  {pm_head('-')}  {pm_head('-')}" for lv in levels)
             lines.append(f"{r['method']:<40}{cells}")
         lines.append("")
-    note = ("(percent; global model on the balanced test set, final round, mean ± sd over seeds; balancedness: "
+    note = (f"(percent; global model on the balanced test set, final round, {INTERVAL_NOTE}; balancedness: "
             "the worst class's accuracy. Columns: Dirichlet label skew at alpha, and the class split with k classes "
             "per client (partition.kind classes). Zero-shot rows: the frozen teacher itself; a fine-tuned or "
             "per-client Fed-LPFM run keeps the first teacher's zero-shot row." + data_note(data))
@@ -117,15 +117,16 @@ def _plot_vs_partition(rows: list[dict[str, Any]], path: Path, title: str | None
     panels = [[Line(f"{r['method']} ({r['dataset']}, {_short(r['student'])})",
                     [x for x, lv in enumerate(levels) if lv in r["levels"]],
                     [100 * r["levels"][lv][key][0] for lv in levels if lv in r["levels"]],
-                    [100 * r["levels"][lv][key][1] for lv in levels if lv in r["levels"]],
-                    color=f"C{i % 10}", style="--" if r["zero_shot"] else "-") for i, r in enumerate(rows)]
+                    [half_width(r["levels"][lv][key]) for lv in levels if lv in r["levels"]],
+                    color=f"C{i % 10}", style="--" if r["zero_shot"] else "-",
+                    n=[r["levels"][lv][key].n for lv in levels if lv in r["levels"]]) for i, r in enumerate(rows)]
               for key in ("acc", "balancedness")]
     plot_lines(panels, path, xlabel="partition (smaller alpha, fewer classes: more skewed)", ylabels=[],
                titles=["balanced test accuracy (%)", "balancedness: worst-class accuracy (%)"], suptitle=title,
                xticklabels=levels, legend_size=6)
 
 
-def fed_lpfm_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+def fed_lpfm_report(client, parent, records, out: Path, contrasts=()) -> tuple[str, list[Path]]:
     rows = fed_lpfm_rows(records)
     files = [out / "table.csv", out / "accuracy_vs_partition.png"]
     write_csv(files[0], ["dataset", "student", "method", "partition", "seeds", *pct_header("acc"),
@@ -169,7 +170,7 @@ def fedpurel_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def fedpurel_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
-    width = {c: max(12, len(c) + 3) for c in COLUMNS}
+    width = {c: PM_WIDTH for c in COLUMNS}
     head = (f"{'method':<15}{'seeds':>5}  " + "  ".join(f"{'GM ' + c:>{width[c]}}" for c in COLUMNS) + "  |  "
             + "  ".join(f"{'PM ' + c:>{width[c]}}" for c in COLUMNS))
     lines = []
@@ -181,7 +182,7 @@ def fedpurel_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
             seeds = "" if r["method"] == "Zero-shot" else r["seeds"]
             lines.append(f"{r['method']:<15}{seeds:>5}  {gm}  |  {pm_}")
         lines.append("")
-    lines.append("(percent; final round, mean ± sd over seeds. GM: the global model on the balanced test set; PM: "
+    lines.append(f"(percent; final round, {INTERVAL_NOTE}. GM: the global model on the balanced test set; PM: "
                  "each client's personalized model (global + private branch; FedAvg FT and zero-shot have none, "
                  "so the global or zero-shot model) on its own local test split, All the unweighted mean over "
                  "clients and Many/Medium/Few/balancedness over the clients' test samples pooled. Many/Medium/Few "
@@ -192,7 +193,7 @@ def fedpurel_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def fedpurel_report(client, parent, records, out: Path) -> tuple[str, list[Path]]:
+def fedpurel_report(client, parent, records, out: Path, contrasts=()) -> tuple[str, list[Path]]:
     rows = fedpurel_rows(records)
     files = [out / "table.csv", out / "balancedness_over_rounds.png", out / "few_over_rounds.png"]
     cols = [f"{p}_{c}" for p in ("gm", "pm") for c in COLUMNS]
@@ -206,7 +207,7 @@ def fedpurel_report(client, parent, records, out: Path) -> tuple[str, list[Path]
     methods = [m for m in PUREL_ORDER[1:] if any(m == k[1] for k in groups)]
     for key, path, ylabel, title in (
             ("balancedness", files[1], "worst-class accuracy (%)",
-             "global model's balancedness over rounds (mean ± sd over seeds; dashed: zero-shot)"),
+             "global model's balancedness over rounds (dashed: zero-shot)"),
             ("few_acc", files[2], "few-class accuracy (%)",
              "global model's accuracy on the Few classes over rounds (dashed: zero-shot)")):
         plot_curves(client, groups, key, path, panels=panels, series=methods, ylabel=ylabel,

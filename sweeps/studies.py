@@ -56,6 +56,8 @@ class Study:
     zero_shot_row: bool = True
     # the dotted fields that make a cell what it is (--set may not fix them); cell_overrides' keys if None
     design_keys: Callable[[dict[str, Any], Profile], set[str]] | None = None
+    # a cell's factor labels as the study file names its levels (the declared contrasts match on them)
+    labels: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     source: str | None = None  # the study file it was read from (sweeps/study_file.py), if any
     sha: str | None = None  # that file's content hash, so --resume can tell it changed
 

@@ -132,6 +132,16 @@ class Report(_Strict):
     plot_against: str | None = None  # the numeric factor on the x axis (every numeric factor if None)
 
 
+class ContrastSpec(_Strict):
+    """A comparison the report resolves (sweeps/contrasts.py): the cells matching `a` minus those matching `b`."""
+    name: str | None = None  # the table's heading for it; '<a> minus <b>' if None
+    a: dict[str, Any] = Field(min_length=1)  # {factor: level, or [levels], or {not: ...}}
+    b: dict[str, Any] = Field(min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: ["worst_client_acc"], min_length=1)
+    within: list[str] | None = None  # factors an a-cell and a b-cell must agree on; all others if None
+    interaction: str | None = None  # a factor: (a - b) at its smallest level minus at its largest
+
+
 class DataDir(_Strict):
     """What --data-dir holds for this profile (sweeps/studies.py LAYOUTS)."""
     layout: str = "ag_news"
@@ -164,6 +174,7 @@ class StudyFile(_Strict):
     resources: Resources = Resources()
     cost: Cost = Cost()
     report: Report = Report()
+    contrasts: list[ContrastSpec] = Field(default_factory=list)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     controls: dict[str, Any] = Field(default_factory=dict)
 
@@ -351,6 +362,17 @@ def check_references(sf: StudyFile, where: str) -> None:
         if name not in (*OBJECTIVES, *LOWER_IS_BETTER):
             raise StudyFileError(f"{where}: report.metrics: unknown metric {name!r}"
                                  f"{_nearest(name, (*OBJECTIVES, *LOWER_IS_BETTER))}")
+    for i, c in enumerate(sf.contrasts):
+        what = f"contrasts[{i}]" + (f" ({c.name})" if c.name else "")
+        check(c.a, f"{what}.a")
+        check(c.b, f"{what}.b")
+        for name in [*(c.within or []), *([c.interaction] if c.interaction else [])]:
+            if name not in factors:
+                raise StudyFileError(f"{where}: {what}: unknown factor {name!r}{_nearest(name, factors)}")
+        for name in c.metrics:
+            if name not in (*OBJECTIVES, *LOWER_IS_BETTER):
+                raise StudyFileError(f"{where}: {what}.metrics: unknown metric {name!r}"
+                                     f"{_nearest(name, (*OBJECTIVES, *LOWER_IS_BETTER))}")
     if sf.scheduler.metric and sf.scheduler.metric not in OBJECTIVES:
         raise StudyFileError(f"{where}: scheduler.metric: unknown metric {sf.scheduler.metric!r}"
                              f"{_nearest(sf.scheduler.metric, OBJECTIVES)}")
@@ -467,6 +489,7 @@ def load_study(path: str | Path, profile: str | None = None, controls: bool = Fa
                    num_samples=sf.budget.num_samples, seeds=sf.budget.seeds, grace_rounds=sf.scheduler.grace_period,
                    cpus_per_trial=sf.resources.cpus_per_trial, gpus_per_trial=sf.resources.gpus_per_trial,
                    options={"max_concurrent": sf.budget.max_concurrent, "report": sf.report.model_dump(),
+                            "contrasts": [c.model_dump(exclude_none=True) for c in sf.contrasts],
                             "cost": sf.cost.model_dump()},
                    **layout_fields(sf.data_dir, sf.datasets if has_datasets else None))
     current: dict[str, Design] = {}
@@ -481,6 +504,7 @@ def load_study(path: str | Path, profile: str | None = None, controls: bool = Fa
         space=lambda cell: current["design"].space(cell),
         objectives=tuple(sf.objectives), asha_metric=sf.scheduler.metric or sf.objectives[0], notes=tuple(sf.notes),
         zero_shot_row=sf.zero_shot is not None, design_keys=lambda cell, p: set(current["design"].design(cell)),
+        labels=lambda cell: current["design"].labels(cell),
         source=str(path), sha=sha)
 
 

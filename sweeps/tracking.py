@@ -354,6 +354,26 @@ def summary_metric_name(cell: str, key: str) -> str:
     return f"{name[:MAX_ENTITY_KEY_LENGTH - len(key) - 1]}/{key}"
 
 
+def split_tag(name: str, value: str, limit: int | None = None) -> dict[str, str]:
+    """A value longer than MLflow's tag limit as tags name, name.1, name.2, ... (`joined_tag` reads it)."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    limit = limit or MAX_TAG_VAL_LENGTH
+    parts = [value[i:i + limit] for i in range(0, len(value), limit)] or [""]
+    return {(name if i == 0 else f"{name}.{i}"): part for i, part in enumerate(parts)}
+
+
+def joined_tag(tags: dict[str, str], name: str) -> str | None:
+    """The value split_tag wrote (None where the tag is absent)."""
+    if name not in tags:
+        return None
+    parts, i = [tags[name]], 1
+    while f"{name}.{i}" in tags:
+        parts.append(tags[f"{name}.{i}"])
+        i += 1
+    return "".join(parts)
+
+
 def note_text(study: str, tags: dict[str, str], table_text: str, rows: list[dict[str, Any]],
               data: str | None = None, limit: int | None = None) -> str:
     """The parent run's description (Markdown): the study, profile, data and command, the result

@@ -166,31 +166,43 @@ def test_interrupted_launch_resumes_without_repeating_trials(tmp_path):
 
 
 def test_report_summary_and_priors_verdict():
+    from sweeps.contrasts import contrast_rows, plan
     from sweeps.report import PAPER, format_table, priors_verdict, summarize
+    from sweeps.studies import get_study
 
     def rec(model, alpha, seed, mean, worst):
-        return {"model": model, "aggregation": "fedavg", "alpha": alpha, "seed": seed,
+        cell = {"model": model, "alpha": str(alpha), "aggregation": "fedavg", "name": f"{model}-a{alpha:g}-fedavg"}
+        return {"model": model, "aggregation": "fedavg", "alpha": alpha, "seed": seed, "cell": cell,
+                "cell_name": cell["name"], "params": {"partition.alpha": str(alpha)},
                 "metrics": {"mean_client_acc": mean, "worst_client_acc": worst, "gap": mean - worst,
                             "balancedness": worst}}
 
-    records = [rec("fm_lora", 0.1, 0, 0.8, 0.3), rec("fm_lora", 0.1, 1, 0.8, 0.4),
-               rec("fm_full", 0.1, 0, 0.9, 0.5), rec("fm_full", 0.1, 1, 0.9, 0.5),
-               rec("textcnn", 0.1, 0, 0.8, 0.75), rec("textcnn", 0.1, 1, 0.8, 0.7),
-               rec("fm_scratch", 0.1, 0, 0.6, 0.6), rec("fm_scratch", 0.1, 1, 0.6, 0.55),
-               rec("textcnn", 1.0, 0, 0.9, 0.9)]
+    gaps = {"fm_full": (0.40, 0.42, 0.41), "fm_scratch": (0.10, 0.13, 0.11), "fm_lora": (0.45, 0.40, 0.50),
+            "textcnn": (0.09, 0.12, 0.12)}
+    records = [rec(m, 0.1, s, 0.8, 0.8 - g) for m, gs in gaps.items() for s, g in zip((1, 2, 3), gs)]
+    records.append(rec("textcnn", 1.0, 1, 0.9, 0.9))
     rows = summarize(records)
     assert [(r["alpha"], r["model"]) for r in rows] == [(0.1, "textcnn"), (0.1, "fm_lora"), (0.1, "fm_full"),
                                                         (0.1, "fm_scratch"), (1.0, "textcnn")]
     lora = rows[1]
-    assert lora["seeds"] == 2 and lora["worst_client_acc"] == pytest.approx(0.35)
-    assert lora["gap"] == pytest.approx(0.45) and lora["gap_sd"] == pytest.approx(0.0707107, abs=1e-6)
+    assert lora["seeds"] == 3 and lora["gap"] == pytest.approx((0.45, 0.05))
+    assert lora["gap"].n == 3 and lora["gap"].hi - lora["gap"].lo == pytest.approx(2 * 4.302653 * 0.05 / 3 ** 0.5)
     assert lora["paper"] == PAPER[("fm_lora", "fedavg", 0.1)] == (80.8, 30.7, 50.1)
-    assert rows[4]["gap_sd"] == 0.0 and rows[4]["paper"] == (94.9, 89.3, 5.6)
-    assert " 35.0 ±  7.1" in format_table(rows)
-    assert priors_verdict(rows).startswith("Does the worst-client gap at alpha 0.1 follow the priors? yes")
-    assert priors_verdict(rows[:2] + rows[4:]) is None  # no controls, no verdict
-    flipped = [dict(r, gap=1 - r["gap"]) for r in rows]
-    assert "no, the reverse" in priors_verdict(flipped)
+    assert math.isnan(rows[4]["gap"][1]) and rows[4]["paper"] == (94.9, 89.3, 5.6)  # one seed: no sd
+    assert " 45.0 ±  5.0 [ 32.6,  57.4]" in format_table(rows)
+    study = get_study("fairness_paradox", "smoke", True)
+    cells = [(f"{m}-a0.1-fedavg", {"model": m, "alpha": 0.1, "aggregation": "fedavg"}) for m in gaps]
+    cells.append(("textcnn-a1-fedavg", {"model": "textcnn", "alpha": 1.0, "aggregation": "fedavg"}))
+    contrasts = contrast_rows(records, plan(study.profiles["smoke"].options["contrasts"], cells))
+    verdict = priors_verdict(contrasts)
+    assert verdict.startswith("Does the gap at alpha 0.1 follow pretraining, or architecture, capacity or adaptation?")
+    lines = verdict.splitlines()
+    assert "fm_full - fm_scratch" in lines[1] and "+29.7" in lines[1] and lines[1].endswith("resolved")
+    assert "fm_lora - fm_full" in lines[2] and "not resolved at 3 seeds" in lines[2]
+    assert "fm_scratch - textcnn" in lines[3] and "not resolved at 3 seeds" in lines[3]
+    assert lines[4] == "  Answer: resolved for pretraining (widens it); the others are not resolved at these seeds."
+    plain = get_study("fairness_paradox", "smoke").profiles["smoke"].options["contrasts"]
+    assert priors_verdict(contrast_rows(records, plan(plain, cells))) is None  # no control contrasts, no answer
 
 
 def test_report_adds_the_zero_shot_row_once_per_seed():
@@ -207,8 +219,8 @@ def test_report_adds_the_zero_shot_row_once_per_seed():
     records = [rec("textcnn", 0, 0.7, 0.4), rec("fm_lora", 0, 0.7, 0.4), rec("fm_lora", 1, 0.6, 0.2)]
     zero = [r for r in summarize(records) if r["model"] == "zero_shot"]
     assert len(zero) == 1 and zero[0]["seeds"] == 2 and zero[0]["aggregation"] == "-"
-    assert zero[0]["mean_client_acc"] == pytest.approx(0.65) and zero[0]["gap"] == pytest.approx(0.35)
-    assert zero[0]["gap_sd"] == pytest.approx(0.0707107, abs=1e-6) and zero[0]["balancedness"] == pytest.approx(0.2)
+    assert zero[0]["mean_client_acc"][0] == pytest.approx(0.65) and zero[0]["gap"][0] == pytest.approx(0.35)
+    assert zero[0]["gap"][1] == pytest.approx(0.0707107, abs=1e-6) and zero[0]["balancedness"][0] == pytest.approx(0.2)
     rows = rank_collapse_rows([dict(r, aggregation="raflora") for r in records])
     assert [r["method"] for r in rows] == ["zero_shot", "raflora"]
     assert rows[0]["worst_client_acc"][0] == pytest.approx(0.3) and math.isnan(rows[0]["energy_outside_shared"][0])

@@ -36,28 +36,30 @@ def _metrics(method: str, alpha: float, seed: int, rnd: int, stage: str) -> dict
 
 
 def _launch(uri: str, study: str, cells: dict[str, dict], data_name: str | None, classes: str | None,
-            metrics=_metrics, on_parent: bool = False) -> tuple[str, int]:
+            metrics=_metrics, on_parent: bool = False, seeds=SEEDS) -> tuple[str, int]:
     """A finished launch of `study`: per cell one tuning trial and a trial per seed, every round logged,
-    the data tags on each trial (on the parent run only with `on_parent`); (parent run id, number of trials)."""
+    the data tags on each trial (on the parent run only with `on_parent`); a cell's `set` adds config
+    fields to its trials; (parent run id, number of trials)."""
     from mlflow.tracking import MlflowClient
 
     from sweeps.tracking import TrialTracker, end_run, log_metrics, log_params, start_parent_run
 
     exp_id, parent = start_parent_run(uri, study, "smoke", [study], "/tmp/tune", "/tmp/storage")
     client = MlflowClient(tracking_uri=uri)
-    tracker = TrialTracker(uri, study, parent, {n: {**c, "name": n} for n, c in cells.items()})
+    tracker = TrialTracker(uri, study, parent, {n: {**{k: v for k, v in c.items() if k != "set"}, "name": n}
+                                                for n, c in cells.items()})
     trials = 0
     for name, cell in cells.items():
-        for stage, seed in [("tune", None)] + [("seeds", s) for s in SEEDS]:
+        for stage, seed in [("tune", None)] + [("seeds", s) for s in seeds]:
             config = {"_base": {"data": {"max_len": 16}}, "partition.alpha": cell.get("alpha", 0.5),
                       "method.name": cell.get("method", cell.get("aggregation")), "optimizer.lr": 0.01 * (1 + trials % 3),
-                      "_cell": name, "_stage": stage, **({} if seed is None else {"seed": seed})}
+                      "_cell": name, "_stage": stage, **({} if seed is None else {"seed": seed}), **cell.get("set", {})}
             trial = _Trial(f"trainable_{trials:05d}", config)
             run_id = client.create_run(exp_id, tags=tracker.trial_tags(trial), run_name=str(trial)).info.run_id
             log_params(client, run_id, config)
             for rnd in ROUNDS:
-                log_metrics(client, run_id, metrics(cell.get("method", cell.get("aggregation")), cell["alpha"],
-                                                    seed or 0, rnd, stage), rnd)
+                log_metrics(client, run_id, metrics(cell.get("method", cell.get("aggregation", cell.get("model"))),
+                                                    cell["alpha"], seed or 0, rnd, stage), rnd)
             for key, value in (("data_name", data_name), ("data_classes", classes)):
                 if value is not None:
                     client.set_tag(parent if on_parent else run_id, key, value)

@@ -9,7 +9,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from sweeps.schedule import CELL, STAGE, CellPlan, CellScheduler, CellSearch, best_trial
+from sweeps.schedule import CELL, STAGE, CellPlan, CellScheduler, CellSearch, best_trial, evaluation_seeds
 
 OBJ = ("worst_client_acc", "balancedness")
 
@@ -35,11 +35,13 @@ def test_tuning_then_seeds_per_cell_with_the_best_values(capsys):
     assert (b1[CELL], b1[STAGE]) == ("b", "tune")
     search.on_trial_complete("a2", result(0.5, 0.1))
     s0 = search.suggest("s0")  # a's tuning is over: its seeds come before b's second tuning trial
-    assert (s0[CELL], s0[STAGE], s0["seed"]) == ("a", "seeds", 0)
+    # seed runs are disjoint from the tuning trials' seed (0, the config's): none repeats the chosen trial
+    assert "seed" not in a1 and "seed" not in a2
+    assert (s0[CELL], s0[STAGE], s0["seed"]) == ("a", "seeds", 1)
     assert s0["optimizer.lr"] == a2["optimizer.lr"]  # a2 has the higher worst-client accuracy
     search.on_trial_complete("s0", result(0.4))
     s1 = search.suggest("s1")
-    assert (s1[CELL], s1[STAGE], s1["seed"], s1["optimizer.lr"]) == ("a", "seeds", 1, a2["optimizer.lr"])
+    assert (s1[CELL], s1[STAGE], s1["seed"], s1["optimizer.lr"]) == ("a", "seeds", 2, a2["optimizer.lr"])
     search.on_trial_complete("s1", result(0.4))
     b2 = search.suggest("b2")
     assert (b2[CELL], b2[STAGE]) == ("b", "tune")
@@ -49,6 +51,21 @@ def test_tuning_then_seeds_per_cell_with_the_best_values(capsys):
     out = capsys.readouterr().out
     assert "[1/2] a: tuning" in out and "[1/2] a: seeds with optimizer.lr=" in out
     assert "b: no tuning trial finished all 3 rounds; no seed runs" in out
+
+
+def test_evaluation_seeds_never_include_the_tuning_seed():
+    assert evaluation_seeds(3) == [1, 2, 3] and evaluation_seeds(2, tuning_seed=7) == [8, 9]
+    # a cell whose config fixes another tuning seed: its seed runs start after it
+    cell = CellPlan("c", {"method.name": "fedavg", "seed": 5}, plans()[0].space, rounds=1)
+    search = CellSearch([cell], num_samples=1, seeds=2, objectives=OBJ, max_concurrent=1)
+    t = search.suggest("t")
+    assert t["seed"] == 5
+    search.on_trial_complete("t", result(0.5, rounds=1))
+    seeds = []
+    for name in ("s1", "s2"):
+        seeds.append(search.suggest(name)["seed"])
+        search.on_trial_complete(name, result(0.5, rounds=1))
+    assert seeds == [6, 7]
 
 
 def test_best_trial_needs_all_rounds_and_breaks_ties_on_the_second_objective():
@@ -109,7 +126,7 @@ def test_a_lost_completion_does_not_hang_the_launch():
     search.on_trial_complete("t1", result(0.3))
     search.live.pop("t2")  # its completion never arrives
     s = search.suggest("s")
-    assert (s[STAGE], s["seed"]) == ("seeds", 0)
+    assert (s[STAGE], s["seed"]) == ("seeds", 1)
     search.on_trial_complete("s", result(0.3))
     assert search.suggest("end") is Searcher.FINISHED
 
