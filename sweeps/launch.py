@@ -565,6 +565,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(entries)} design cells x ({args.num_samples} tuning + {args.seeds} seed trials) = {trials} trials; "
           f"objectives {', '.join(study.objectives)}; ASHA on {study.asha_metric}")
     print(estimate(entries, args, profile))
+    planned = contrast_plan(study, profile, entries)
+    if planned:
+        print("contrasts the report resolves: " + "; ".join(
+            f"{p['contrast']} ({len(p['pairs'])} pair{'s' * (len(p['pairs']) != 1)} x {', '.join(p['metrics'])})"
+            for p in planned))
+    from sweeps.schedule import evaluation_seeds  # (ray.tune: imported only once the plan is valid)
+
+    tuning_seed = int(entries[0]["cfg"].seed) if entries else 0
+    print(f"tuning trials at seed {tuning_seed}; each cell's seed runs at seeds "
+          f"{', '.join(map(str, evaluation_seeds(args.seeds, tuning_seed)))}, the same in every cell (paired by seed)")
     for info in dict.fromkeys(e["data"] for e in entries if e["data"] is not None):
         print(f"data {info.line()}")
     for e in entries:

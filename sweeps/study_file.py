@@ -43,6 +43,8 @@ OBJECTIVES = ("worst_client_acc", "mean_client_acc", "balancedness", "global_acc
               "many_acc", "medium_acc", "few_acc", "local_balancedness", "local_many_acc", "local_medium_acc",
               "local_few_acc", "gm_mean_client_acc", "gm_worst_client_acc", "domain_avg_acc")
 LOWER_IS_BETTER = ("gap", "spread", "client_acc_std")
+# what a report may tabulate or contrast beyond those: raFLoRA's rank-collapse measure
+REPORT_METRICS = (*OBJECTIVES, *LOWER_IS_BETTER, "energy_outside_shared")
 
 
 class StudyFileError(ValueError):
@@ -370,9 +372,8 @@ def check_references(sf: StudyFile, where: str) -> None:
             if name not in factors:
                 raise StudyFileError(f"{where}: {what}: unknown factor {name!r}{_nearest(name, factors)}")
         for name in c.metrics:
-            if name not in (*OBJECTIVES, *LOWER_IS_BETTER):
-                raise StudyFileError(f"{where}: {what}.metrics: unknown metric {name!r}"
-                                     f"{_nearest(name, (*OBJECTIVES, *LOWER_IS_BETTER))}")
+            if name not in REPORT_METRICS:
+                raise StudyFileError(f"{where}: {what}.metrics: unknown metric {name!r}{_nearest(name, REPORT_METRICS)}")
     if sf.scheduler.metric and sf.scheduler.metric not in OBJECTIVES:
         raise StudyFileError(f"{where}: scheduler.metric: unknown metric {sf.scheduler.metric!r}"
                              f"{_nearest(sf.scheduler.metric, OBJECTIVES)}")
