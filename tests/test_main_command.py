@@ -108,4 +108,36 @@ def test_readme_main_command_on_a_fresh_clone_offline(tmp_path):
     assert "0.1  fm_lora    fedavg       2" in report.stdout
     [out] = (repo / "reports").iterdir()
     assert {p.name for p in out.iterdir()} >= {"gap_vs_alpha.png", "per_client_alpha0.1.png",
-                                               "worst_client_over_rounds.png", "table.csv"}
+                                               "worst_client_over_rounds.png", "table.csv", "contrasts.csv",
+                                               "gap_vs_alpha.svg"}
+    assert "Contrasts (" in report.stdout and "p Holm" in report.stdout
+    check_contrasts_against_runs(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}", out / "contrasts.csv")
+
+
+def check_contrasts_against_runs(uri: str, path: Path) -> None:
+    """Every paired contrast of the report equals scipy's paired t on the seed runs' final metrics."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+    from scipy import stats as st
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("fairness_paradox")
+    [parent] = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'launch'")
+    finals: dict = {}
+    for r in client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"):
+        if r.data.tags["cell.stage"] == "seeds":
+            finals.setdefault(r.data.tags["cell.name"], {})[int(r.data.params["seed"])] = r.data.metrics
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["pairing"] for r in rows} == {"paired"}
+    for row in rows:
+        if row["interaction"] or row["p"] == "":
+            continue
+        a, b = finals[row["a"]], finals[row["b"]]
+        seeds = sorted(set(a) & set(b))
+        assert seeds and 0 not in seeds  # the seed runs never include the tuning seed
+        d = [a[s][row["metric"]] - b[s][row["metric"]] for s in seeds]
+        assert float(row["estimate_pp"]) == pytest.approx(100 * sum(d) / len(d), abs=1e-3)
+        if len(d) > 1 and len(set(d)) > 1:
+            assert float(row["p"]) == pytest.approx(st.ttest_1samp(d, 0).pvalue, rel=1e-6)
