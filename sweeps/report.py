@@ -276,6 +276,29 @@ def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
     return note
 
 
+def provenance(parent, records: list[dict[str, Any]]) -> str:
+    """launch.txt: what produced the report, to commit beside it."""
+    import time
+
+    tags, info = parent.data.tags, parent.info
+
+    def when(ms):
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000)) if ms else "?"
+    wall = f"{(info.end_time - info.start_time) / 60000:.1f} min" if info.end_time and info.start_time else "?"
+    return "\n".join([
+        f"launch      {info.run_id} ({info.status})",
+        f"command     {tags.get('command', '?')}",
+        f"commit      {tags.get('git_commit', '?')}",
+        f"profile     {tags.get('profile', '?')}",
+        f"data        {describe_data(records) or '?'}" + (" (synthetic)" if tags.get("data_synthetic") == "true" else ""),
+        f"started     {when(info.start_time)}",
+        f"ended       {when(info.end_time)}",
+        f"wall time   {wall} (the launch; the report is extra)",
+        f"machine     {tags.get('machine', 'not recorded (a launch from before the machine tag)')}",
+        f"seed runs   {len(records)}",
+    ]) + "\n"
+
+
 REPORTS = {"fairness_paradox": fairness_report, "rank_collapse": rank_collapse_report, "lora_fair": lora_fair_report,
            "fed_lpfm": fed_lpfm_report, "fedpurel": fedpurel_report}
 
@@ -348,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     files += [f.with_suffix(".svg") for f in files if f.suffix == ".png" and f.with_suffix(".svg").exists()]
     print(text)
     (out / "table.txt").write_text(text + "\n")
-    files.append(out / "table.txt")
+    (out / "launch.txt").write_text(provenance(parent, records))
+    files += [out / "table.txt", out / "launch.txt"]
     if not args.no_log:
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), artifact_path="report")

@@ -85,6 +85,25 @@ def experiment_id(uri: str, study: str) -> str:
     return client.create_experiment(study, artifact_location=artifacts)
 
 
+def machine_description() -> str:
+    """The driver machine in one line (the launch's `machine` tag): CPUs, memory, GPUs, OS, Python."""
+    import os
+    import platform
+
+    try:
+        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        mem = ""
+    try:
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no CUDA runtime: no GPU to name
+        gpus = []
+    return (f"{os.cpu_count()} CPUs{mem}, {', '.join(gpus) or 'no GPU'}, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}")
+
+
 def start_parent_run(uri: str, study: str, profile: str, argv: list[str], tune_dir: str,
                      storage: str, tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Open the launch's parent run: (experiment id, run id). `tune_dir` (where this launch's Tune
@@ -96,7 +115,8 @@ def start_parent_run(uri: str, study: str, profile: str, argv: list[str], tune_d
     run = MlflowClient(tracking_uri=uri).create_run(exp_id, run_name=f"{study}-{profile}", tags={
         **{k: str(v) for k, v in (tags or {}).items()}, "git_commit": git_commit(), "profile": profile,
         "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "sweeps.launch", *argv]),
-        "kind": "launch", "tune_dir": tune_dir, "storage": storage, "argv": json.dumps(argv)})
+        "kind": "launch", "tune_dir": tune_dir, "storage": storage, "argv": json.dumps(argv),
+        "machine": machine_description()})
     return exp_id, run.info.run_id
 
 
