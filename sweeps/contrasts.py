@@ -36,6 +36,8 @@ from sweeps.stats import LEVEL, Contrast, holm, paired_contrast, verdict, welch_
 # on them (and run the same seeds) pair seed by seed
 SETTING_PREFIXES = ("data.", "partition.")
 SETTING_KEYS = ("clients_per_round", "eval.protocol", "eval.max_samples_per_client")
+# data fields that shape each sample's tokens, not which samples a client holds
+NOT_SETTING = ("data.max_len", "data.vocab_size")
 
 
 def _num(v: Any) -> float | None:
@@ -128,7 +130,8 @@ def cells_of(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         c["by_seed"][r["seed"]] = r["metrics"]  # a seed re-run after --resume: the last one counts
         if c["setting"] is None:
             c["setting"] = tuple(sorted((k, v) for k, v in r.get("params", {}).items()
-                                        if k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS))
+                                        if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS)
+                                        and k not in NOT_SETTING))
     return cells
 
 
@@ -142,8 +145,8 @@ def _diff(a: dict, b: dict, metric: str) -> dict[int, float]:
 
 
 def compare(a: dict, b: dict, metric: str) -> Contrast:
-    """a − b: paired by seed where the cells share their setting and seeds, else Welch's t."""
-    paired = a["setting"] == b["setting"] and bool(set(a["by_seed"]) & set(b["by_seed"]))
+    """a − b: paired by seed where the cells share their setting and at least two seeds, else Welch's t."""
+    paired = a["setting"] == b["setting"] and len(set(a["by_seed"]) & set(b["by_seed"])) >= 2
     va, vb = _values(a, metric), _values(b, metric)
     return paired_contrast(va, vb) if paired else welch_contrast(list(va.values()), list(vb.values()))
 
@@ -195,7 +198,7 @@ def format_contrasts(rows: list[dict[str, Any]]) -> str:
         return ""
     w = max(len("contrast"), *(len(r["what"]) for r in rows))
     mw = max(len("metric"), *(len(r["metric"]) for r in rows))
-    head = (f"{'contrast':<{w}}  {'metric':<{mw}}  {'n':>2}  {'pairing':<7}  {'a - b':>6}  {'95% CI':>15}  "
+    head = (f"{'contrast':<{w}}  {'metric':<{mw}}  {'n':>2}  {'pairing':<7}  {'a - b':>6}  {'95% CI':>17}  "
             f"{'p':>6}  {'p Holm':>6}  verdict")
     family = sum(1 for r in rows if r["p_holm"] == r["p_holm"])
     lines = [f"Contrasts ({family} tested, percentage points)", head, "-" * len(head)]
@@ -205,9 +208,9 @@ def format_contrasts(rows: list[dict[str, Any]]) -> str:
             current = r["contrast"]
             lines.append(f"{current}" + (f" (interaction: {r['interaction']})" if r["interaction"] else "") + ":")
         c = r["result"]
-        ci = "-" if c.lo != c.lo else f"[{_pp(c.lo)}, {_pp(c.hi)}]"
+        ci = "-" if c.lo != c.lo else f"[{_pp(max(-1.0, c.lo))}, {_pp(min(1.0, c.hi))}]"  # shown clipped to +-100
         lines.append(f"{r['what']:<{w}}  {r['metric']:<{mw}}  {c.n:>2}  {'paired' if c.paired else 'welch':<7}  "
-                     f"{_pp(c.estimate):>6}  {ci:>15}  {_p(c.p):>6}  {_p(r['p_holm']):>6}  {r['verdict']}")
+                     f"{_pp(c.estimate):>6}  {ci:>17}  {_p(c.p):>6}  {_p(r['p_holm']):>6}  {r['verdict']}")
     lines.append(
         f"(a - b of the seed runs' final-round values, percentage points; n seeds per cell. paired: the same seeds "
         f"give both cells the same partition and cohorts, so the mean and {LEVEL:.0%} t interval are of the "
@@ -215,7 +218,8 @@ def format_contrasts(rows: list[dict[str, Any]]) -> str:
         f"p Holm is adjusted over the {family} tested contrasts (Holm's step-down), and the verdict reads it: resolved "
         f"where p Holm < {1 - LEVEL:.2f}; otherwise, in brackets, the seeds the observed difference and spread would "
         f"need at the Bonferroni level {1 - LEVEL:.2f}/{family}, an upper bound on what Holm needs. The interval is "
-        f"per contrast, not adjusted. 'no test': the metric is one constant in every cell compared, as a gap that "
+        f"per contrast, not adjusted (shown clipped to +-100), so it can exclude 0 where Holm's correction still does "
+        f"not resolve the contrast; the verdict then says so. 'no test': the metric is one constant in every cell compared, as a gap that "
         f"is 0 by construction.)")
     return "\n".join(lines)
 

@@ -292,15 +292,24 @@ SHORT = {"worst_client_acc": "worst acc", "balancedness": "balancedness", "mean_
 TRIALS = "trials"  # the launch's one Tune experiment, under its tune_dir
 
 
+def cell_plans(entries) -> list:
+    """The schedule's view of each cell. The tuning seed comes from the cell's whole config: a study
+    file's base may set it, which the cell's overrides do not hold."""
+    from sweeps.schedule import CellPlan
+
+    return [CellPlan(e["name"], e["overrides"], e["space"], e["overrides"]["rounds"], tuning_seed=int(e["cfg"].seed))
+            for e in entries]
+
+
 def run_trials(entries, args, profile, study, resources, parent_run_id: str, tune_dir: str) -> list[dict[str, Any]]:
     """Every cell's tuning and seed trials as one Tune experiment whose actors are reused from trial
     to trial (see sweeps/schedule.py); one result row per cell. Raises Interrupted when it returns
     with trials unfinished (Ctrl-C), with its state saved for --resume."""
     from fedcore.tune import trainable_for
-    from sweeps.schedule import CellPlan, CellScheduler, CellSearch, ran_all_rounds
+    from sweeps.schedule import CellScheduler, CellSearch, ran_all_rounds
     from sweeps.tracking import TrialTracker
 
-    cells = [CellPlan(e["name"], e["overrides"], e["space"], e["overrides"]["rounds"]) for e in entries]
+    cells = cell_plans(entries)
     rounds = {c.name: c.rounds for c in cells}
     trainable = tune.with_resources(trainable_for(None), resources)
     path = f"{tune_dir}/{TRIALS}"
@@ -366,8 +375,9 @@ def cell_row(entry, seeded) -> dict[str, Any]:
     return row
 
 
-def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> str:
-    """The launch's result table, in percent, with the metric words of the reports."""
+def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc", protocol: str = "") -> str:
+    """The launch's result table, in percent, with the metric words of the reports; `protocol`, the
+    cells' eval protocol(s), is named under it."""
     from sweeps.report_common import INTERVAL_NOTE, pm, pm_head
 
     width = max([28, *(len(r["cell"]) + 2 for r in rows)])
@@ -379,13 +389,16 @@ def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc"
             continue
         cols = "  ".join(pm(r[k + "_stat"]) for k in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"))
         lines.append(f"{r['cell']:<{width}}{r['seeds']:>6}  {cols}")
-    lines.append(f"({INTERVAL_NOTE} (seeds disjoint from the tuning trials'), final round, in percent; each cell's "
-                 f"best configuration by {objective}; which differences are resolved: python -m sweeps.report)")
+    over = f"eval protocol {protocol}" if protocol else "its eval protocol"
+    if protocol == "class_filtered":
+        over += "; a client holding every class is scored on the whole test set, so where all do the gap is 0"
+    lines.append(f"({INTERVAL_NOTE} (seeds disjoint from the tuning trials'), final round, {over}; in percent; each "
+                 f"cell's best configuration by {objective}; which differences are resolved: python -m sweeps.report)")
     return "\n".join(lines)
 
 
-def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc") -> None:
-    print("\n" + format_table(rows, objective))
+def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc", protocol: str = "") -> None:
+    print("\n" + format_table(rows, objective, protocol))
 
 
 def prepare(args):
@@ -622,9 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted after {time.perf_counter() - t0:.0f}s; the state is saved under {tune_dir}.\n"
               f"continue with: {command(resume)}", file=sys.stderr)
         return 130
-    print_table(rows, study.objectives[0])
+    protocol = ", ".join(sorted({e["cfg"].eval.protocol for e in entries}))
+    print_table(rows, study.objectives[0], protocol)
     # one number per cell on the parent run, the one that picked each cell's best: its chart is the answer
-    summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0]),
+    summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0], protocol),
                      keys=(study.objectives[0],), seeds=False)
     failed = [r["cell"] for r in rows if "error" in r]
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")

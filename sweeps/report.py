@@ -13,17 +13,23 @@
 
 STUDY is the MLflow experiment the launch logged to. The five built-in studies have reports shaped like
 their papers' tables; any other study (or --generic) gets the generic report: one row per design cell
-(its factors from the trials' cell.* tags), mean ± sd and n over its seed runs of the final-round metrics
-(mean_client_acc, worst_client_acc, gap, balancedness, global_acc, where logged), the foundation model's
-zero-shot rows where the trials scored one, curves over rounds of worst- and mean-client accuracy per
-cell (a band of one sd over seeds), and the metrics against each numeric factor (e.g. alpha), one line
-per combination of the other factors.
+(its factors from the trials' cell.* tags), mean ± sd [95% interval] and n over its seed runs of the
+final-round metrics (mean_client_acc, worst_client_acc, gap, balancedness, global_acc, where logged),
+the foundation model's zero-shot rows where the trials scored one, curves over rounds of worst- and
+mean-client accuracy per cell (a band of the 95% interval over seeds), and the metrics against each
+numeric factor (e.g. alpha), one line per combination of the other factors.
+
+Every report then says what its numbers are over (seeds, final round, eval protocol; where a gap is 0
+by construction) and resolves the study's declared contrasts: each one's estimate, 95% interval, p
+(paired by seed where the cells share their partition, else Welch), Holm-adjusted p over the report's
+contrasts, and a verdict (docs/statistics.md); also as contrasts.csv. launch.txt records the launch's
+command, commit, times and machine. Every plot is a PNG with an SVG beside it.
 
 fairness_paradox: the paper-style table (model x aggregation x alpha: mean client accuracy, worst-client
-accuracy, gap and balancedness, as mean ± sd over the seeded re-runs of each cell's best configuration,
-final round), beside the FM Fairness Paradox paper's AG News numbers where the launch ran AG News, and,
-where the control levels ran, whether the worst-client gap at the smallest alpha follows the pretraining
-priors; plots of the gap against alpha per model, per-client accuracy at the smallest alpha, and
+accuracy, gap and balancedness over the seeded re-runs of each cell's best configuration, final round),
+beside the FM Fairness Paradox paper's AG News numbers where the launch ran AG News, and, where the
+control levels ran, the answer to whether the gap at the smallest alpha follows pretraining,
+adaptation or architecture and capacity (contrasts with intervals); plots of the gap against alpha per model, per-client accuracy at the smallest alpha, and
 worst-client accuracy over rounds. The LoRA studies' reports are described in sweeps/report_lora.py,
 the foundation-model-prior studies' (fed_lpfm, fedpurel) in sweeps/report_priors.py.
 
@@ -230,30 +236,40 @@ def fairness_report(client, parent, records, out: Path, contrasts=()) -> tuple[s
     return text, files
 
 
-def planned_contrasts(parent, study: str) -> list[dict[str, Any]]:
-    """The contrasts the launch planned (its parent's `contrasts` tag, sweeps/contrasts.py); for a launch
-    from before that tag, the built-in study's, with its controls' (a superset: pairs whose cells did
-    not run give no rows)."""
+def planned_contrasts(parent, study: str, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """(the contrasts the launch planned, a note): its parent's `contrasts` tag (sweeps/contrasts.py).
+    A launch from before that tag gets the built-in study's current declarations (with its controls':
+    a superset), matched to the cells the launch recorded, and a note that says so."""
     import json
 
+    from sweeps.contrasts import plan
+    from sweeps.report_common import factors
     from sweeps.tracking import joined_tag
 
     tag = joined_tag(parent.data.tags, "contrasts")
     if tag:
-        return json.loads(tag)
-    from sweeps.contrasts import plan
+        return json.loads(tag), ""
     from sweeps.studies import get_study
 
     name = parent.data.tags.get("profile")
+    recorded = list({cell_key(r): (cell_key(r), factors(r)) for r in records}.values())
     for controls in (True, False):
         try:
             s = get_study(study, name, controls)
             profile = s.profiles[name]
-            cells = s.cells(profile)
-            return plan(profile.options.get("contrasts") or [], [(s.cell_name(c), s.labels(c)) for c in cells])
         except Exception:  # not a built-in study, no such profile, or no controls: try the next
             continue
-    return []
+        specs = profile.options.get("contrasts") or []
+        planned = plan(specs, recorded)
+        if not planned and s.labels is not None:  # levels recorded under other names (a level's cell: mapping)
+            try:
+                planned = plan(specs, [(s.cell_name(c), s.labels(c)) for c in s.cells(profile)])
+            except Exception:
+                planned = []
+        if planned:
+            return planned, ("Note: this launch predates the contrasts tag; its contrasts are the study file's "
+                             "current ones, matched to the cells it recorded.")
+    return [], ""
 
 
 def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
@@ -268,7 +284,7 @@ def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
                "a re-run of the trial chosen for being best (a launch from before seed runs were made disjoint)")
             + f"), final round, eval protocol {', '.join(protocols) or 'unrecorded'}.")
     zero_gap = sorted({cell_key(r) for r in records}
-                      - {cell_key(r) for r in records if r["metrics"].get("gap", 0.0) != 0.0})
+                      - {cell_key(r) for r in records if r["metrics"].get("gap", math.nan) != 0.0})
     if "class_filtered" in protocols:
         note += (" Under class_filtered each client is scored on the test samples of the classes it holds, so "
                  "clients that hold every class share one test set and their gap is 0 by construction")
@@ -358,14 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     out = Path(args.out) if args.out else ROOT / "reports" / f"{args.study}-{parent.info.run_id[:8]}"
     out.mkdir(parents=True, exist_ok=True)
-    contrasts = contrast_rows(records, planned_contrasts(parent, args.study))
+    planned, plan_note = planned_contrasts(parent, args.study, records)
+    contrasts = contrast_rows(records, planned)
     text, files = (generic_report if generic else REPORTS[args.study])(client, parent, records, out,
                                                                         contrasts=contrasts)
     tuning_seeds = {int(as_number(r.data.params.get("seed")) or 0) for r in child_runs(client, parent)
                     if r.data.tags.get("cell.stage") == "tune"}
     text += "\n\n" + protocol_note(records, tuning_seeds)
     if contrasts:
-        text += "\n\n" + format_contrasts(contrasts)
+        text += "\n\n" + format_contrasts(contrasts) + (f"\n{plan_note}" if plan_note else "")
         files.append(out / "contrasts.csv")
         write_csv(files[-1], *contrasts_csv_rows(contrasts))
     files += [f.with_suffix(".svg") for f in files if f.suffix == ".png" and f.with_suffix(".svg").exists()]

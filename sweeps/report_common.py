@@ -1,10 +1,10 @@
 """The report toolkit: what every study's report is made of, once, and the generic report any study
 gets from it (a user's own study included).
 
-Reading a launch back from MLflow (`find_parent`, `seed_records`), mean ± sd over seeds with n
-(`mean_sd`, `pm`), the foundation model's zero-shot rows (`zero_shot_records`), the data's names and
+Reading a launch back from MLflow (`find_parent`, `seed_records`), mean ± sd [95% interval] over seeds
+with n (`mean_sd`, `pm`; the formulas are sweeps/stats.py's), the foundation model's zero-shot rows (`zero_shot_records`), the data's names and
 whether a paper's reference numbers apply to it (`data_names`, `is_paper_data`), CSV files
-(`write_csv`), metric curves over rounds with a band of one sd over seeds (`plot_curves`) and a metric
+(`write_csv`), metric curves over rounds with a band of the 95% interval over seeds (`plot_curves`) and a metric
 against a numeric factor (`plot_lines`).
 
 Units: the records hold the raw logged values (fractions in [0, 1]); every table this toolkit prints or
@@ -12,7 +12,7 @@ writes (table.txt, table.csv) gives accuracies, gaps and balancedness in percent
 ending in `_%`.
 
 The generic report (`generic_report`): one row per design cell (its factors from the child runs'
-`cell.*` tags), mean ± sd and n over the cell's seed runs of the final-round metrics, the zero-shot
+`cell.*` tags), mean ± sd [95% interval] and n over the cell's seed runs of the final-round metrics, the zero-shot
 rows where the trials scored one, curves over rounds per cell, and the metrics against each numeric
 factor, one line per combination of the other factors.
 """
@@ -141,7 +141,8 @@ def stat(records: list[dict[str, Any]], key: str) -> Stat:
 
 
 PM_WIDTH = 27  # what pm() of a Stat takes: 'mean ± sd [lo, hi]'
-INTERVAL_NOTE = "mean ± sd [95% Student-t interval of the mean] over n seed runs"
+INTERVAL_NOTE = ("mean ± sd [95% Student-t interval of the mean, shown clipped to 0-100] over n seed runs; "
+                 "docs/statistics.md")
 
 
 def pm(pair: tuple[float, float], scale: float = 100.0) -> str:
@@ -156,7 +157,9 @@ def pm(pair: tuple[float, float], scale: float = 100.0) -> str:
         return head
     if pair.lo != pair.lo:
         return head + f" {'[-]':<14}"
-    return head + f" [{scale * pair.lo:5.1f}, {scale * pair.hi:5.1f}]"
+    # the metrics are fractions: an interval from few seeds can reach past them, shown clipped
+    lo, hi = max(0.0, scale * pair.lo), min(scale, scale * pair.hi)
+    return head + f" [{lo:5.1f}, {hi:5.1f}]"
 
 
 def half_width(s: Stat, scale: float = 100.0) -> float:
@@ -388,7 +391,7 @@ def cell_key(rec: dict[str, Any]) -> str:
 
 
 def generic_rows(records: list[dict[str, Any]], keys: tuple[str, ...] = KEYS) -> list[dict[str, Any]]:
-    """One row per cell (mean ± sd with n of each metric over its seed runs), and the zero-shot rows:
+    """One row per cell (each metric a Stat over its seed runs), and the zero-shot rows:
     cells whose zero-shot values agree seed by seed scored the same clients, so they share one row,
     with '-' for the factors whose values differ among them."""
     names, _ = factor_names(records)

@@ -3,7 +3,7 @@
 fed_lpfm: per dataset and student, one row per method (Fed-LPFM once per teacher and teacher
 ablation) and the teachers' zero-shot rows; per partition level (Dirichlet alpha, class split with k
 classes per client) the balanced test accuracy and the worst-class accuracy (balancedness), mean ±
-sd over seeds; plots of both against the partition. Fed-LPFM's tables were not available
+sd [95% interval] over n seeds; plots of both against the partition. Fed-LPFM's tables were not available
 (docs/methods.md, section "Fed-LPFM"), so no paper numbers are printed beside them.
 fedpurel: a table shaped like FedPuReL's (one block per dataset, imbalance factor and beta; rows
 zero-shot, FedAvg fine-tuning, FedPuReL and its plain-KL ablation; columns All, Many, Medium, Few
@@ -93,11 +93,13 @@ def fed_lpfm_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str:
     levels = _levels(rows)
     lines = []
     for block in dict.fromkeys((r["dataset"], r["student"]) for r in rows):
-        head = f"{'method':<40}" + "".join(f"  {pm_head(f'{lv}: acc')}  {pm_head('balancedness')}" for lv in levels)
+        head = f"{'method':<40}" + "".join(f"  {'n':>2}  {pm_head(f'{lv}: acc')}  {pm_head('balancedness')}"
+                                           for lv in levels)
         lines += [f"{block[0]}, student {_short(block[1])}", head, "-" * len(head)]
         for r in (r for r in rows if (r["dataset"], r["student"]) == block):
-            cells = "".join(f"  {pm(r['levels'][lv]['acc'])}  {pm(r['levels'][lv]['balancedness'])}"
-                            if lv in r["levels"] else f"  {pm_head('-')}  {pm_head('-')}" for lv in levels)
+            cells = "".join(f"  {r['levels'][lv]['acc'].n:>2}  {pm(r['levels'][lv]['acc'])}  "
+                            f"{pm(r['levels'][lv]['balancedness'])}"
+                            if lv in r["levels"] else f"  {'-':>2}  {pm_head('-')}  {pm_head('-')}" for lv in levels)
             lines.append(f"{r['method']:<40}{cells}")
         lines.append("")
     note = (f"(percent; global model on the balanced test set, final round, {INTERVAL_NOTE}; balancedness: "
@@ -134,7 +136,7 @@ def fed_lpfm_report(client, parent, records, out: Path, contrasts=()) -> tuple[s
               ([r["dataset"], r["student"], r["method"], lv, v["seeds"], *pct(v["acc"]), *pct(v["balancedness"])]
                for r in rows for lv in _levels([r]) for v in [r["levels"][lv]]))
     names = data_names(records)
-    _plot_vs_partition(rows, files[1], ", ".join(names) or None)
+    _plot_vs_partition(rows, files[1], titled("final round against the partition", records))
     return fed_lpfm_table(rows, names), files
 
 

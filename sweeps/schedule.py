@@ -42,6 +42,7 @@ class CellPlan:
     fixed: dict[str, Any]  # the config every trial of the cell shares
     space: dict[str, Any]  # Optuna distributions over dotted keys
     rounds: int
+    tuning_seed: int = 0  # the seed the tuning trials run at (the cell's full config's): seed runs avoid it
     # filled in while the launch runs
     suggested: int = 0
     values: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuning trial id -> its suggested values
@@ -111,7 +112,7 @@ class CellSearch(Searcher):
                 if c.seeds_suggested == 0:
                     chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.best.items())
                     self.log(f"[{i + 1}/{len(self.cells)}] {c.name}: seeds with {chosen or 'the fixed config'}")
-                seed = evaluation_seeds(c.seeds_suggested + 1, int(c.fixed.get("seed", 0)))[-1]
+                seed = evaluation_seeds(c.seeds_suggested + 1, c.tuning_seed)[-1]
                 c.seeds_suggested += 1
                 return self._start(trial_id, c, "seeds", {**c.best, "seed": seed})
         for i, c in enumerate(self.cells):

@@ -13,8 +13,10 @@ the unit of replication is the seed: n is the number of seed runs, never of clie
 - `welch_contrast`: a − b of two independent samples (Welch's unequal-variance t, Welch–Satterthwaite
   degrees of freedom), where the cells do not share their partitions.
 - `holm`: Holm's step-down adjustment of a family's p-values (the family: one report's contrasts).
-- `verdict`: 'resolved' where the Holm-adjusted p is below `level`'s alpha; else 'not resolved at n
-  seeds', with the seeds the observed difference and spread would need (`seeds_needed`).
+- `verdict`: 'resolved' where the Holm-adjusted p is below `level`'s alpha (its unadjusted interval
+  then excludes 0); else 'not resolved at n seeds', or 'not resolved after Holm's correction' where
+  only the unadjusted interval excludes 0, with the seeds the observed difference and spread would
+  need (`seeds_needed`).
 
 Zero spread with n ≥ 2 is taken at its word: a constant non-zero difference has p = 0, a constant zero
 difference p = 1 (scipy's t-test returns NaN there).
@@ -153,9 +155,11 @@ def verdict(c: Contrast, p_adjusted: float, family: int, level: float = LEVEL) -
     base = f"not resolved at {c.n} {seeds}"
     if c.n < 2:
         return base + " (spread unknown)"
+    if c.p == c.p and c.p < alpha:  # the printed (unadjusted) interval excludes 0, Holm's correction does not
+        base = f"not resolved after Holm's correction at {c.n} {seeds}"
     need = seeds_needed(c, alpha / max(1, family))
     if need is None:
         return base + " (no difference observed)"
     if need > MAX_SEEDS:
         return base + f" (over {MAX_SEEDS} needed)"
-    return base + (f" (~{need} needed)" if need > c.n else " (Holm)")
+    return base + (f" (~{need} needed)" if need > c.n else "")

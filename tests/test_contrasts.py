@@ -144,7 +144,7 @@ def test_table_cells_carry_intervals_and_say_what_they_are_over(report):
     lo, hi = st.t.interval(0.95, 4, loc=sum(vals) / 5, scale=st.sem(vals))
     row = table["fm_lora-a0.1"]
     assert (float(row["worst_client_acc_ci_lo_%"]), float(row["worst_client_acc_ci_hi_%"])) == pytest.approx((lo, hi))
-    assert "95% Student-t interval of the mean] over n seed runs" in text
+    assert "95% Student-t interval of the mean, shown clipped to 0-100] over n seed runs" in text
     assert "seeds 1, 2, 3, 4, 5; disjoint from the tuning trials' seed 0" in text
     assert (out / "worst_client_acc_over_rounds.svg").exists()
 
@@ -167,3 +167,20 @@ def test_study_file_contrasts_validated(tmp_path):
         f.write_text(body + f"contrasts:\n  - {bad}\n")
         with pytest.raises(StudyFileError, match=message):
             load_study(f)
+
+
+def test_a_study_file_base_seed_moves_the_seed_runs(tmp_path):
+    """A base that sets the seed tunes at it; the schedule's seed runs then start after it."""
+    import argparse
+
+    from sweeps.launch import cell_plans, plan as launch_plan
+    from sweeps.study_file import load_study
+
+    f = tmp_path / "seeded.yaml"
+    f.write_text("study: seeded\nbase: {rounds: 1, seed: 3, data: {source: 'synthetic:topics?n=200&test=40'}}\n"
+                 "factors:\n  method: {key: method.name, values: [fedavg, fedprox]}\n")
+    study = load_study(f)
+    args = argparse.Namespace(controls=False, cells=None, device="cpu", set=[], space=[])
+    entries = launch_plan(args, study, study.profiles["default"])
+    assert {e["cfg"].seed for e in entries} == {3}
+    assert [c.tuning_seed for c in cell_plans(entries)] == [3, 3]

@@ -131,13 +131,33 @@ def check_contrasts_against_runs(uri: str, path: Path) -> None:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["pairing"] for r in rows} == {"paired"}
+    tested = []
     for row in rows:
-        if row["interaction"] or row["p"] == "":
-            continue
-        a, b = finals[row["a"]], finals[row["b"]]
-        seeds = sorted(set(a) & set(b))
-        assert seeds and 0 not in seeds  # the seed runs never include the tuning seed
-        d = [a[s][row["metric"]] - b[s][row["metric"]] for s in seeds]
+        names = [row["a"], row["b"]]
+        if row["interaction"]:  # (a - b at the smallest alpha) - (a' - b' at the largest): its cells by name
+            lo, hi = row["interaction"].replace("alpha ", "").split(" - ")
+            names += [n.replace(f"-a{float(lo):g}-", f"-a{float(hi):g}-") for n in names]
+        cells = [finals[n] for n in names]
+        seeds = sorted(set.intersection(*(set(c) for c in cells)))
+        assert len(seeds) >= 2 and 0 not in seeds  # the seed runs never include the tuning seed
+        m = row["metric"]
+        d = [cells[0][s][m] - cells[1][s][m] - ((cells[2][s][m] - cells[3][s][m]) if len(cells) == 4 else 0.0)
+             for s in seeds]
         assert float(row["estimate_pp"]) == pytest.approx(100 * sum(d) / len(d), abs=1e-3)
-        if len(d) > 1 and len(set(d)) > 1:
+        if row["p"] == "":  # no test: the metric is one constant in every cell compared
+            assert len({c[s][m] for c in cells for s in seeds}) == 1
+            continue
+        if len(set(d)) > 1:
             assert float(row["p"]) == pytest.approx(st.ttest_1samp(d, 0).pvalue, rel=1e-6)
+            lo_ci, hi_ci = st.t.interval(0.95, len(d) - 1, loc=sum(d) / len(d), scale=st.sem(d))
+            assert float(row["ci_lo_pp"]) == pytest.approx(100 * lo_ci, abs=1e-3)
+            assert float(row["ci_hi_pp"]) == pytest.approx(100 * hi_ci, abs=1e-3)
+        tested.append(row)
+    # Holm over the tested contrasts, by hand; the verdict follows it
+    ps = sorted(float(r["p"]) for r in tested)
+    for r in tested:
+        p = float(r["p"])
+        rank = ps.index(p)
+        holm = max(min(1.0, (len(ps) - i) * ps[i]) for i in range(rank + 1))
+        assert float(r["p_holm"]) == pytest.approx(holm)
+        assert (r["verdict"] == "resolved") == (holm < 0.05)

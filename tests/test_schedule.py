@@ -55,11 +55,12 @@ def test_tuning_then_seeds_per_cell_with_the_best_values(capsys):
 
 def test_evaluation_seeds_never_include_the_tuning_seed():
     assert evaluation_seeds(3) == [1, 2, 3] and evaluation_seeds(2, tuning_seed=7) == [8, 9]
-    # a cell whose config fixes another tuning seed: its seed runs start after it
-    cell = CellPlan("c", {"method.name": "fedavg", "seed": 5}, plans()[0].space, rounds=1)
+    # a cell whose config (here the profile's base, which the cell's overrides do not hold) tunes at
+    # seed 5: its seed runs start after it
+    cell = CellPlan("c", {"method.name": "fedavg"}, plans()[0].space, rounds=1, tuning_seed=5)
     search = CellSearch([cell], num_samples=1, seeds=2, objectives=OBJ, max_concurrent=1)
     t = search.suggest("t")
-    assert t["seed"] == 5
+    assert "seed" not in t
     search.on_trial_complete("t", result(0.5, rounds=1))
     seeds = []
     for name in ("s1", "s2"):
