@@ -9,13 +9,19 @@ from tests.conftest import study_plan
 
 
 def test_design_cells_and_controls():
-    cells = study_plan("fairness_paradox", "local")
+    cells = study_plan("fairness_paradox", "paper")
     assert len(cells) == 4 + 4 * 2  # textcnn x alpha (fedavg only) + fm_lora x alpha x {fedavg, fedavgw}
     assert all(c["aggregation"] == "fedavg" for _, c, _, _ in cells if c["model"] != "fm_lora")
-    with_controls = {n: (c, space, cfg) for n, c, space, cfg in study_plan("fairness_paradox", "local", controls=True)}
+    # local, sized for 2 cores: the two ends of alpha, FedAvg only, every arm with its own lr range
+    local = {n: space for n, _, space, _ in study_plan("fairness_paradox", "local", controls=True)}
+    assert sorted(local) == sorted(f"{m}-a{a}-fedavg" for m in ("textcnn", "fm_lora", "fm_full", "fm_scratch")
+                                   for a in ("0.1", "5"))
+    assert all(list(space) == ["optimizer.lr"] for space in local.values())
+    assert local["fm_lora-a0.1-fedavg"]["optimizer.lr"].low == 0.001
+    with_controls = {n: (c, space, cfg) for n, c, space, cfg in study_plan("fairness_paradox", "paper", controls=True)}
     assert len(with_controls) == 20
     cfg = with_controls["fm_scratch-a0.1-fedavg"][2]
-    assert (cfg.model.name, cfg.model.tuning, cfg.model.init) == ("minilm-l6", "full", "random")
+    assert (cfg.model.name, cfg.model.tuning, cfg.model.init) == ("distilbert-base-uncased", "full", "random")
     cfg = with_controls["fm_full-a5-fedavg"][2]
     assert (cfg.model.tuning, cfg.model.init) == ("full", "pretrained")
     assert "method.params.beta" in with_controls["fm_lora-a0.1-fedavgw"][1]
