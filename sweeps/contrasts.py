@@ -211,16 +211,18 @@ def format_contrasts(rows: list[dict[str, Any]]) -> str:
         ci = "-" if c.lo != c.lo else f"[{_pp(max(-1.0, c.lo))}, {_pp(min(1.0, c.hi))}]"  # shown clipped to +-100
         lines.append(f"{r['what']:<{w}}  {r['metric']:<{mw}}  {c.n:>2}  {'paired' if c.paired else 'welch':<7}  "
                      f"{_pp(c.estimate):>6}  {ci:>17}  {_p(c.p):>6}  {_p(r['p_holm']):>6}  {r['verdict']}")
+    what = (f"p Holm is adjusted over the {family} tested contrasts (Holm's step-down), and the verdict reads it: "
+            f"resolved where p Holm < {1 - LEVEL:.2f}; otherwise, in brackets, the seeds the observed difference and "
+            f"spread would need at the Bonferroni level {1 - LEVEL:.2f}/{family}, an upper bound on what Holm needs. "
+            f"The interval is per contrast, not adjusted (shown clipped to +-100), so it can exclude 0 where Holm's "
+            f"correction still does not resolve the contrast; the verdict then says so"
+            if family else "no contrast could be tested: each needs two seeds in both cells and a metric that varies")
     lines.append(
         f"(a - b of the seed runs' final-round values, percentage points; n seeds per cell. paired: the same seeds "
         f"give both cells the same partition and cohorts, so the mean and {LEVEL:.0%} t interval are of the "
         f"per-seed differences and p is the paired t-test's; welch: independent samples, Welch's t. p is two-sided; "
-        f"p Holm is adjusted over the {family} tested contrasts (Holm's step-down), and the verdict reads it: resolved "
-        f"where p Holm < {1 - LEVEL:.2f}; otherwise, in brackets, the seeds the observed difference and spread would "
-        f"need at the Bonferroni level {1 - LEVEL:.2f}/{family}, an upper bound on what Holm needs. The interval is "
-        f"per contrast, not adjusted (shown clipped to +-100), so it can exclude 0 where Holm's correction still does "
-        f"not resolve the contrast; the verdict then says so. 'no test': the metric is one constant in every cell compared, as a gap that "
-        f"is 0 by construction.)")
+        f"{what}. 'no test': the metric is one constant in every cell compared, as a gap that is 0 by construction; "
+        f"docs/statistics.md.)")
     return "\n".join(lines)
 
 

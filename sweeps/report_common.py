@@ -141,8 +141,7 @@ def stat(records: list[dict[str, Any]], key: str) -> Stat:
 
 
 PM_WIDTH = 27  # what pm() of a Stat takes: 'mean ± sd [lo, hi]'
-INTERVAL_NOTE = ("mean ± sd [95% Student-t interval of the mean, shown clipped to 0-100] over n seed runs; "
-                 "docs/statistics.md")
+INTERVAL_NOTE = "mean ± sd [95% Student-t interval of the mean, shown clipped to 0-100] over n seed runs"
 
 
 def pm(pair: tuple[float, float], scale: float = 100.0) -> str:
