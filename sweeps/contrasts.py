@@ -136,7 +136,10 @@ def cells_of(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _values(cell: dict[str, Any], metric: str) -> dict[int, float]:
-    return {s: m[metric] for s, m in cell["by_seed"].items() if m.get(metric) is not None and m[metric] == m[metric]}
+    # rounded far below any meaningful difference: a gap of mean - worst that is 0 up to float error
+    # (-1e-17) must count as 0, or a constant would be tested on its rounding noise
+    return {s: round(m[metric], 12) + 0.0 for s, m in cell["by_seed"].items()
+            if m.get(metric) is not None and m[metric] == m[metric]}
 
 
 def _diff(a: dict, b: dict, metric: str) -> dict[int, float]:

@@ -284,7 +284,7 @@ def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
                "a re-run of the trial chosen for being best (a launch from before seed runs were made disjoint)")
             + f"), final round, eval protocol {', '.join(protocols) or 'unrecorded'}.")
     zero_gap = sorted({cell_key(r) for r in records}
-                      - {cell_key(r) for r in records if r["metrics"].get("gap", math.nan) != 0.0})
+                      - {cell_key(r) for r in records if not abs(r["metrics"].get("gap", math.nan)) < 1e-9})
     if "class_filtered" in protocols:
         note += (" Under class_filtered each client is scored on the test samples of the classes it holds, so "
                  "clients that hold every class share one test set and their gap is 0 by construction")

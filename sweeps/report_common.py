@@ -132,7 +132,8 @@ def mean_sd(values: Iterable[float]) -> Stat:
     """Mean, sample sd and 95% t interval of the non-NaN values (sd and interval NaN for one value)."""
     from sweeps.stats import t_interval
 
-    iv = t_interval([v for v in values if v is not None])
+    # float error (a gap of -1e-17) is no spread and no sign
+    iv = t_interval([round(v, 12) + 0.0 for v in values if v is not None and v == v])
     return Stat(iv.mean, iv.sd, iv.n, iv.lo, iv.hi)
 
 

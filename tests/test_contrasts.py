@@ -184,3 +184,19 @@ def test_a_study_file_base_seed_moves_the_seed_runs(tmp_path):
     entries = launch_plan(args, study, study.profiles["default"])
     assert {e["cfg"].seed for e in entries} == {3}
     assert [c.tuning_seed for c in cell_plans(entries)] == [3, 3]
+
+
+def test_float_error_is_no_difference():
+    """A gap of mean - worst is 0 up to float error (-1e-17 on some seeds): it is a constant, not a
+    difference to test, and its cell shows 0.0 with no spread."""
+    from sweeps.contrasts import contrast_rows
+    from sweeps.report_common import mean_sd
+
+    def rec(cell, seed, gap):
+        return {"cell_name": cell, "seed": seed, "cell": {"model": cell}, "params": {}, "metrics": {"gap": gap}}
+    records = [rec("a", s, g) for s, g in ((1, 0.0), (2, -1.3877787807814457e-17), (3, 0.0))]
+    records += [rec("b", s, g) for s, g in ((1, 5.551115123125783e-17), (2, 0.0), (3, 0.0))]
+    [row] = contrast_rows(records, [{"contrast": "a minus b", "metrics": ["gap"], "interaction": "", "pairs": [["a", "b"]]}])
+    assert row["verdict"] == "no test: gap is the same constant in every cell compared"
+    s = mean_sd(r["metrics"]["gap"] for r in records[:3])
+    assert (s[0], s[1]) == (0.0, 0.0) and str(s[0]) == "0.0"
