@@ -228,12 +228,38 @@ def zero_shot_overrides(study, profile) -> dict[str, Any]:
     return {"teacher.name": fm, "teacher.max_len": profile.base.get("data", {}).get("max_len", 64)}
 
 
-class Progress(tune.Callback):
-    """One line per finished trial: its cell and stage, objectives, and its cell's best first
-    objective so far."""
+def progress_line(ended: int, total: int, elapsed_s: float, ended_here: int) -> str:
+    """'k/N trials ended, m min in, about r min left'. The estimate is this driver's rate so far, so
+    after a --resume it counts only what ended since; tuning trials that ASHA stops end sooner, so
+    early on it errs long."""
+    line = f"{ended}/{total} trials ended, {elapsed_s / 60:.1f} min in"
+    if total > ended and ended_here:
+        line += f", about {elapsed_s / ended_here * (total - ended) / 60:.0f} min left"
+    return line
 
-    def __init__(self, rounds: dict[str, int], objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")):
-        self.rounds, self.objectives, self.best = rounds, objectives, {}
+
+class Progress(tune.Callback):
+    """One line per finished trial: its cell and stage, objectives, its cell's best first objective
+    so far, and how far the launch is (trials ended of those planned, time, an estimate of what is
+    left)."""
+
+    def __init__(self, rounds: dict[str, int], objectives: tuple[str, ...] = ("worst_client_acc", "balancedness"),
+                 planned: int = 0):
+        self.rounds, self.objectives, self.best, self.planned = rounds, objectives, {}, planned
+        self._clock()
+
+    def _clock(self) -> None:
+        self.t0, self.ended_here = time.perf_counter(), 0
+
+    def __setstate__(self, state):  # restored by --resume in a new driver: its own clock and rate
+        self.__dict__.update(state)
+        self._clock()
+
+    def where(self, trials, trial) -> str:
+        self.ended_here += 1
+        ended = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
+        total = max(self.planned, len(trials))
+        return progress_line(ended, total, time.perf_counter() - self.t0, self.ended_here)
 
     @staticmethod
     def running(trials, trial) -> int:
@@ -257,14 +283,14 @@ class Progress(tune.Callback):
             status = "done"
         values = ", ".join(f"{SHORT.get(k, k)} {100 * r.get(k, math.nan):.1f}%" for k in self.objectives)
         print(f"  [{label}] trial {trial.trial_id}: {status}; {values}; best {SHORT.get(self.objectives[0], self.objectives[0])} "
-              f"so far {100 * best:.1f}%; {self.running(trials, trial)} running", flush=True)
+              f"so far {100 * best:.1f}%; {self.running(trials, trial)} running; {self.where(trials, trial)}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # one line, once Tune's retry (FailureConfig max_failures=1) failed too; the storage copy of
         # the error file outlives Ray's session folder, where trial.error_file lies
         kept = Path(trial.path, "error.txt") if trial.path and "://" not in trial.path else trial.error_file
         print(f"  [{self.label(trial)}] trial {trial.trial_id}: failed (retried once): {error_line(trial.error_file)} "
-              f"(traceback: {kept})", flush=True)
+              f"(traceback: {kept}); {self.where(trials, trial)}", flush=True)
 
 
 def trial_dirname(trial) -> str:
@@ -327,7 +353,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                callbacks=[Progress(rounds, study.objectives),
+                callbacks=[Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
                                         {e["name"]: data_tags(e["data"]) for e in entries})]))

@@ -289,7 +289,32 @@ def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
         note += (" Under class_filtered each client is scored on the test samples of the classes it holds, so "
                  "clients that hold every class share one test set and their gap is 0 by construction")
         note += (f"; here the gap is 0 on every seed in {', '.join(zero_gap)}." if zero_gap else ".")
-    return note
+    return note + " " + collapse_note(records)
+
+
+def collapsed(rec: dict[str, Any]) -> bool | None:
+    """Whether a seed run's final model is a constant classifier: right on at most one class of the
+    global test set (None where the run logged no per-class accuracy)."""
+    accs = [v for k, v in rec["metrics"].items() if k.startswith("class_acc/")]
+    return sum(v > 0 for v in accs) <= 1 if len(accs) > 1 else None
+
+
+def collapse_note(records: list[dict[str, Any]]) -> str:
+    """Which cells have seed runs that ended as a constant classifier: their spread is then a mix of
+    two regimes, not noise around one mean."""
+    runs: dict[str, list[bool]] = {}
+    for r in records:
+        c = collapsed(r)
+        if c is not None:
+            runs.setdefault(cell_key(r), []).append(c)
+    if not runs:
+        return "No run logged per-class accuracy, so constant classifiers were not looked for."
+    bad = {k: v for k, v in sorted(runs.items()) if any(v)}
+    if not bad:
+        return (f"No seed run ended as a constant classifier (right on at most one class of the global test "
+                f"set; {sum(map(len, runs.values()))} runs checked).")
+    return ("Seed runs that ended as a constant classifier (right on at most one class of the global test set): "
+            + ", ".join(f"{k} {sum(v)} of {len(v)}" for k, v in bad.items()) + ".")
 
 
 def provenance(parent, records: list[dict[str, Any]]) -> str:

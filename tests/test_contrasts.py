@@ -200,3 +200,18 @@ def test_float_error_is_no_difference():
     assert row["verdict"] == "no test: gap is the same constant in every cell compared"
     s = mean_sd(r["metrics"]["gap"] for r in records[:3])
     assert (s[0], s[1]) == (0.0, 0.0) and str(s[0]) == "0.0"
+
+
+def test_constant_classifiers_named_by_cell():
+    from sweeps.report import collapse_note
+
+    def rec(cell, *accs):
+        return {"cell_name": cell, "metrics": {"gap": 0.1, **{f"class_acc/{c}": a for c, a in enumerate(accs)}}}
+
+    healthy = [rec("fm_lora-a0.1", 0.9, 0.2, 0.4), rec("textcnn-a0.1", 0.5, 0.5, 0.01)]
+    assert collapse_note(healthy) == ("No seed run ended as a constant classifier (right on at most one class of "
+                                      "the global test set; 2 runs checked).")
+    # all of class 0 right and none of the others: one class predicted; nan (a class absent from the test set) is not right
+    runs = healthy + [rec("textcnn-a0.1", 1.0, 0.0, 0.0), rec("textcnn-a0.1", 0.0, float("nan"), 1.0)]
+    assert collapse_note(runs).endswith(": textcnn-a0.1 2 of 3.")
+    assert collapse_note([{"cell_name": "x", "metrics": {"gap": 0.1}}]).startswith("No run logged per-class accuracy")

@@ -69,6 +69,9 @@ def test_real_launch_of_one_cell(tmp_path):
     assert len(rows) == 1 and rows[0].split()[1] == "2"  # two seeds in the final table
     assert out.stdout.count("[textcnn-a0.1-fedavg tune] trial") == 2
     assert out.stdout.count("[textcnn-a0.1-fedavg seeds] trial") == 2
+    # progress: each trial line says how many of the 4 planned have ended, and the last has nothing left
+    ended = re.findall(r"; (\d)/4 trials ended, [\d.]+ min in(, about \d+ min left)?$", out.stdout, re.M)
+    assert [int(k) for k, _ in ended] == [1, 2, 3, 4] and ended[0][1] and not ended[-1][1]
     [launch_dir] = tmp_path.glob("fairness_paradox-smoke-*")
     assert (launch_dir / "trials").is_dir()  # one Tune experiment for the launch
 
@@ -172,6 +175,15 @@ def test_interrupted_launch_resumes_without_repeating_trials(tmp_path):
         assert child.data.tags["cell.model"] == "textcnn" and child.data.tags["cell.alpha"] == "0.1"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "worst_client_acc")]
         assert steps == list(range(1, int(child.data.metrics["round"]) + 1))
+
+
+def test_progress_line_estimates_from_this_drivers_rate():
+    from sweeps.launch import progress_line
+
+    assert progress_line(3, 12, 600.0, 3) == "3/12 trials ended, 10.0 min in, about 30 min left"
+    # resumed with 5 ended before: 2 ended in this driver's 4 minutes, 5 to go at 2 min each
+    assert progress_line(7, 12, 240.0, 2) == "7/12 trials ended, 4.0 min in, about 10 min left"
+    assert progress_line(12, 12, 600.0, 12) == "12/12 trials ended, 10.0 min in"
 
 
 def test_report_summary_and_priors_verdict():
