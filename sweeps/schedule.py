@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 import pickle
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -70,6 +72,21 @@ def best_trial(results: dict[str, dict[str, Any] | None], rounds: int, objective
     return max(finished, key=key)
 
 
+class NSGAII(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, made to survive Tune's pickling of the searcher: Optuna 5.1's genetic
+    samplers hold a threading.Lock and no __getstate__, so Tune could not save the experiment at all.
+    The lock guards a per-process cache, so a copy gets a lock of its own."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 class CellSearch(Searcher):
     """Per-cell Optuna searches, then per-cell seed re-runs, as one stream of suggestions."""
 
@@ -80,8 +97,6 @@ class CellSearch(Searcher):
         # Tune checkpoints searchers but not schedulers: the searcher carries its scheduler's ASHA
         # rungs, so that after --resume trials are compared with those recorded before the interruption
         self.scheduler = scheduler
-        import optuna
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell is noise
 
         self.cells, self.num_samples, self.seeds, self.objectives = cells, num_samples, seeds, objectives
@@ -91,7 +106,7 @@ class CellSearch(Searcher):
         self.optuna: dict[str, OptunaSearch] = {}
         for c in cells:
             # Optuna searches both objectives (the Pareto front is kept); ASHA stops on one scalar
-            sampler = optuna.samplers.NSGAIISampler(seed=sampler_seed) if len(objectives) > 1 \
+            sampler = NSGAII(seed=sampler_seed) if len(objectives) > 1 \
                 else optuna.samplers.TPESampler(seed=sampler_seed)
             self.optuna[c.name] = OptunaSearch(c.space, metric=list(objectives), mode=["max"] * len(objectives),
                                                sampler=sampler)

@@ -181,3 +181,16 @@ def test_asha_rungs_survive_a_resume_through_the_searcher_checkpoint(tmp_path):
     assert search2.scheduler is sched2
     assert report(sched2, trial("a2", "a", "tune"), 0.1) == TrialScheduler.STOP  # below a1's recorded 0.9
     assert report(sched2, trial("b1", "b", "tune"), 0.1) == TrialScheduler.CONTINUE  # cell b recorded nothing
+
+
+@pytest.mark.parametrize("objectives", [OBJ, OBJ[:1]])
+def test_the_searcher_survives_the_pickling_tune_saves_an_experiment_with(objectives):
+    """Tune pickles the searcher (with cloudpickle) when a Tuner is made; Optuna 5.1's NSGA-II holds
+    a lock no pickle takes. A copy must suggest what the original suggests."""
+    import pickle
+
+    from ray import cloudpickle
+
+    search = CellSearch(plans(), num_samples=2, seeds=1, objectives=objectives, sampler_seed=5, max_concurrent=2)
+    copy = pickle.loads(cloudpickle.dumps(search))
+    assert copy.suggest("x1") == search.suggest("x1")
