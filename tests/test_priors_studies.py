@@ -66,10 +66,14 @@ def test_fed_lpfm_smoke_adds_two_class_split_cells_and_controls_add_the_teacher_
 
 
 def test_fedpurel_cells_and_space_cover_imbalance_heterogeneity_and_the_kl_ablation(tmp_path):
+    methods = (("fedavg", "-"), ("fedpurel", "tkl"), ("fedpurel", "kl"))
+    paper = list(_configs("fedpurel", "paper", controls=True, data_dir=str(_image_dir(tmp_path, 100))))
+    assert {(c["aggregation"], c["align"], c["dataset"], c["imbalance"], c["alpha"]) for c, _, _ in paper} == {
+        (m, al, "cifar100", i, b) for m, al in methods for i in (10, 50, 100) for b in (0.1, 0.5, 1.0, 5.0)}
+    # sized for 2 cores: both text corpora at the study's hardest end only
     cells = list(_configs("fedpurel", "local", controls=True))
     got = {(c["aggregation"], c["align"], c["dataset"], c["imbalance"], c["alpha"]) for c, _, _ in cells}
-    assert got == {(m, al, ds, i, b) for m, al in (("fedavg", "-"), ("fedpurel", "tkl"), ("fedpurel", "kl"))
-                   for ds in ("ag_news", "dbpedia14") for i in (10, 100) for b in (0.1, 1.0)}
+    assert got == {(m, al, ds, 100, 0.1) for m, al in methods for ds in ("ag_news", "dbpedia14")}
     for cell, space, cfg in cells:
         assert cfg.partition.kind == "pooled" and cfg.eval.protocol == "pooled_local"
         assert cfg.data.long_tail_if == cell["imbalance"] and cfg.partition.alpha == cell["alpha"]
