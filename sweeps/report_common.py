@@ -299,6 +299,10 @@ def plot_curves(client, groups: dict[tuple, list[dict]], key: str, path: Path, *
                 continue
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             vals = scale * np.array([[c[t] for t in steps] for c in curves], dtype=float)
+            kept = ~np.isnan(vals).all(axis=0)  # rounds no run evaluated (eval.every > 1): no point
+            steps, vals = [t for t, k in zip(steps, kept) if k], vals[:, kept]
+            if not steps:
+                continue
             mean = np.nanmean(vals, axis=0)
             col = color(s) if color else f"C{i % 10}"
             n = len(curves)
