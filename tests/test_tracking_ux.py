@@ -84,7 +84,7 @@ def test_a_launch_names_its_runs_logs_the_used_config_once_and_summarizes(ray_se
         assert tags["stage"] == f"{cell}/{'seeds' if 'seed' in name else 'tune'}" and tags["trial_name"]
         # once each, by dotted name: no `_base/...` twin, no sweep keys
         assert not [k for k in params if k.startswith("_") or "/" in k]
-        # the value used: the cell's override (40) over the base's (6), the base over the default
+        # the value used: the cell's override (20) over the base's (3), the base over the default
         assert params["max_local_steps"] == str(entry["overrides"]["max_local_steps"]) == "20"
         assert params["batch_size"] == str(profile.base["batch_size"]) and params["rounds"] == "2"
         assert params["partition.alpha"] == "0.1" and params["model.name"] == "textcnn"
