@@ -3,7 +3,9 @@ their data), and resident memory over 100 sequential trials in one driver (it sh
 
 Each measurement runs in a fresh subprocess: `python -m benchmarks.memory clients N` runs two W1
 rounds with N clients and prints the process's peak RSS; `python -m benchmarks.memory trials N` runs
-N small TextCNN federations one after another and prints RSS after the 10th and the last.
+N small TextCNN federations one after another and prints RSS after the 10th and the last;
+`python -m benchmarks.memory driver N` runs N trials through Tune and the MLflow tracker and prints
+the driver's RSS after the 10th and the last.
 """
 from __future__ import annotations
 
@@ -56,6 +58,44 @@ def _trials(n: int) -> None:
     print(*marks)
 
 
+def _driver(n: int) -> None:
+    """n small trials through Tune in this driver, as a launch runs them (one trainable for every trial,
+    actors reused, the MLflow tracker on a sqlite store); the driver's RSS after the 10th and the last
+    trial ends: what a long launch would creep by."""
+    import tempfile
+
+    import ray
+    from ray import tune
+
+    from fedcore.tune import trainable_for
+    from sweeps.tracking import TrialTracker, start_parent_run
+
+    class Rss(tune.Callback):
+        def __init__(self):
+            self.ended, self.marks = 0, []
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended += 1
+            if self.ended in (10, n):
+                gc.collect()
+                self.marks.append(psutil.Process().memory_info().rss / 2**20)
+
+    base = {"data": {"source": "synthetic:topics?n=300&test=60", "max_len": 16}, "partition": {"num_clients": 4},
+            "model": {"embed_dim": 16}, "rounds": 2, "max_local_steps": 2, "torch_threads": 1}
+    with tempfile.TemporaryDirectory() as d:
+        uri = f"sqlite:///{d}/mlflow.db"
+        _, parent = start_parent_run(uri, "mem", "bench", ["mem"], d, d)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        rss = Rss()
+        tune.Tuner(tune.with_resources(trainable_for("fedavg"), {"cpu": 1}),
+                   param_space={"_base": base, "_cell": "c", "_stage": "tune", "seed": tune.grid_search(list(range(n)))},
+                   tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
+                   run_config=tune.RunConfig(storage_path=d, name="trials", verbose=0,
+                                             callbacks=[rss, TrialTracker(uri, "mem", parent, outbox_dir=d)])).fit()
+        ray.shutdown()
+    print(*rss.marks)
+
+
 def _sub(*args: str) -> list[float]:
     out = subprocess.run([sys.executable, "-m", "benchmarks.memory", *args], cwd=ROOT, capture_output=True,
                          text=True, timeout=3600)
@@ -71,13 +111,18 @@ def run(quick: bool, log=print) -> tuple[list[Row], dict[str, float]]:
     trials = 30 if quick else 100
     log(f"MEM: RSS over {trials} sequential trials in one process")
     after10, after_all = _sub("trials", str(trials))
+    log(f"MEM: the Tune driver's RSS over {trials} trials (MLflow tracker on)")
+    driver10, driver_all = _sub("driver", str(trials))
     rows = [Row("MEM", f"W1 engine, {small} clients", [], None, rss_small),
             Row("MEM", f"W1 engine, {large} clients", [], None, rss_large, "same data, 4x the clients"),
-            Row("MEM", f"{trials} trials in one driver", [], None, after_all,
-                f"RSS {after10:.0f} MB after trial 10, {after_all:.0f} MB after trial {trials}")]
-    return rows, {"MEM clients x4": rss_large / rss_small, f"MEM {trials} trials": after_all / after10}
+            Row("MEM", f"{trials} trials in one process", [], None, after_all,
+                f"RSS {after10:.0f} MB after trial 10, {after_all:.0f} MB after trial {trials}"),
+            Row("MEM", f"{trials} trials, Tune driver", [], None, driver_all,
+                f"driver RSS {driver10:.0f} MB after trial 10, {driver_all:.0f} MB after trial {trials}")]
+    return rows, {"MEM clients x4": rss_large / rss_small, f"MEM {trials} trials": after_all / after10,
+                  f"MEM driver {trials} trials": driver_all / driver10}
 
 
 if __name__ == "__main__":
     kind, n = sys.argv[1], int(sys.argv[2])
-    (_clients if kind == "clients" else _trials)(n)
+    {"clients": _clients, "trials": _trials, "driver": _driver}[kind](n)

@@ -20,6 +20,20 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the field, the value and what is allowed."""
 
 
+class TextLoader(yaml.SafeLoader):
+    """safe_load's loader that reads dates and times as the strings they were written as: a run's
+    config travels as JSON (checkpoints, Tune, MLflow), where a date object cannot go."""
+
+
+TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=TextLoader)
+
+
 def _one_slot(template: str | None) -> str | None:
     """A prompt template holds exactly one '{}', for the class name."""
     if template is not None and template.count("{}") != 1:
@@ -31,7 +45,8 @@ Template = Annotated[str | None, AfterValidator(_one_slot)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no value a run can use (alpha inf puts all data on one client, lr nan trains nothing)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -479,7 +494,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not p.is_file():
             raise ConfigError(f"config file: {str(p)!r} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file: {str(p)!r} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(loaded, dict):
@@ -497,7 +512,7 @@ def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"{flag} expects KEY=VALUE (a dotted config field), got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = yaml_load(value)
         except yaml.YAMLError:
             out[key.strip()] = value  # e.g. an unbalanced bracket: the plain string
     return out

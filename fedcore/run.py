@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (key, typ, help_) in FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, help=f"{help_} [{key}]")
     p.add_argument("--checkpoint", help="save the run's state here after every round")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (which must exist)")
     p.add_argument("--json-out", help="write every round's metrics and the per-client table here")
     p.add_argument("--list-methods", action="store_true",
                    help="print the methods (built-in, plugins; with --method, that one too) and exit")
@@ -128,6 +128,21 @@ def list_methods(named: str | None) -> int:
     return 0
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """The files the run writes can be written, and --resume has a state to resume from, before any
+    training (ValueError otherwise)."""
+    from fedcore.paths import writable_file
+
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume continues from --checkpoint FILE; give it (or drop --resume)")
+    if args.resume and not Path(args.checkpoint).is_file():
+        raise ValueError(f"--resume: no checkpoint at {args.checkpoint!r}; run without --resume to start "
+                         f"(--checkpoint then writes it after every round)")
+    for flag in ("checkpoint", "json_out"):
+        if getattr(args, flag):
+            writable_file(getattr(args, flag), "--" + flag.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_methods:
@@ -145,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
+    try:
+        check_outputs(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from fedcore.federation import Federation
     from fedcore.metrics import format_table
 
@@ -164,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{fed.total_params:,} parameters")
     print(f"method    {cfg.method.name} {dict(fed.method.params)}; eval protocol {cfg.eval.protocol}; "
           f"executor {fed.executor.name} ({fed.executor_reason}); ready in {time.perf_counter() - t0:.1f}s")
-    if args.checkpoint and args.resume and Path(args.checkpoint).is_file():
+    if args.resume:
         try:
             fed.restore(args.checkpoint)
         except Exception as e:  # a foreign, truncated or corrupt file: say so, lose nothing

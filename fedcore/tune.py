@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
 from ray import tune
 
 from fedcore.config import RunConfig, make_config
@@ -40,6 +41,8 @@ def run_trial(config: dict[str, Any], method: str | None = None) -> None:
     """The Tune function trainable (call it from Tune, or through trainable_for)."""
     cfg = run_config_of(config, method)
     every = int(config.get("_checkpoint_every", 1))
+    # which Ray node ran the round: on a cluster bound to one address (tests, a laptop) node_ip cannot tell
+    where = {"node_id": ray.get_runtime_context().get_node_id()}
     fed = Federation(cfg)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -51,9 +54,9 @@ def run_trial(config: dict[str, Any], method: str | None = None) -> None:
         except DivergedError as e:
             last = dict(fed.history[-1]) if fed.history else {}
             nan = fed.nan_eval_metrics()
-            tune.report({**last, **nan, "round": float(fed.round + 1), "diverged": 1.0, "diverged_reason": str(e)})
+            tune.report({**last, **nan, "round": float(fed.round + 1), "diverged": 1.0, "diverged_reason": str(e), **where})
             return
-        metrics = {**metrics, "diverged": 0.0}
+        metrics = {**metrics, "diverged": 0.0, **where}
         if fed.round % every == 0 or fed.round == cfg.rounds:
             with tempfile.TemporaryDirectory() as directory:
                 fed.save(Path(directory) / STATE_FILE)

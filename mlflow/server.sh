@@ -42,16 +42,22 @@ case "$host" in
 esac
 url="http://$local_host:$port"
 
+# the server in a process group of its own (job control on for this one start): a stop ends the whole
+# group, the uvicorn workers too, which outlive a TERM sent to the server's first process alone
+set -m
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION="$jobs" "$python" -m mlflow server --host "$host" --port "$port" \
   --workers "$workers" --backend-store-uri "$store" --artifacts-destination "$artifacts" ${extra[@]+"${extra[@]}"} &
 server=$! poller="" stopping=""
-# a TERM or INT sent to this script alone reaches the server too (it forwards it to its workers)
+set +m
+# a TERM, INT or HUP sent to this script alone stops every process of the server
 stop() {
   stopping=1
-  kill -TERM "$server" 2>/dev/null || true
+  kill -TERM -- "-$server" 2>/dev/null || true
   [ -z "$poller" ] || kill "$poller" 2>/dev/null || true
 }
-trap stop INT TERM
+trap stop INT TERM HUP
+# however this script ends, nothing of the server stays behind (a worker that ignored TERM gets KILL)
+trap 'kill -TERM -- "-$server" 2>/dev/null || true; sleep 1; kill -KILL -- "-$server" 2>/dev/null || true' EXIT
 
 # the URL is worth printing only once the server answers; stop waiting (not the server) after 5 min.
 # The poll runs in the background: `wait` returns at once on a signal, a foreground command would not

@@ -37,6 +37,7 @@ from typing import Any
 from ray import tune
 
 from search_spaces.distributions import format_distribution
+from sweeps.guards import LaunchLock, check_address, check_resources, stop_like_ctrl_c, wait_until_placeable
 from sweeps.schedule import CELL, STAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<repo>/mlflow/mlflow.db; "
                    "or http://127.0.0.1:5000 for a server started with mlflow/server.sh)")
     p.add_argument("--address", help="Ray cluster address ('auto' inside a cluster); default: a local Ray")
+    p.add_argument("--placement-timeout", type=float, default=600.0, metavar="S",
+                   help="with --address: how long to wait for a node that can hold one trial (an autoscaler may "
+                        "add one) before giving up (default 600 s)")
+    p.add_argument("--tracking-wait", type=float, default=300.0, metavar="S",
+                   help="at the end of a launch whose tracking store went down: how long to wait for it to answer "
+                        "again before leaving its records in the launch's folder for --resume (default 300 s)")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the Optuna sampler")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted launch of this study, "
                    "profile and storage (finished trials are kept, interrupted ones continue from their checkpoints)")
@@ -89,9 +96,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fail(message: str) -> int:
+def fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code
+
+
+def flush_outbox(uri: str, study: str, parent: str, tune_dir: str, wait_s: float) -> int:
+    """Send what the trials' tracker kept while the store was down (sweeps/outbox.py), waiting up to
+    `wait_s` for the store; the number of records still kept."""
+    from sweeps.tracking import TrialTracker
+
+    tracker = TrialTracker(uri, study, parent, outbox_dir=tune_dir)
+    if not tracker.outbox.pending:
+        return 0
+    print(f"note: sending {len(tracker.outbox.pending)} record(s) kept while MLflow was down", file=sys.stderr, flush=True)
+    tracker.outbox.drain(tracker.apply, wait_s)
+    return len(tracker.outbox.pending)
+
+
+def close_parent(uri: str, parent: str, status: str) -> None:
+    """The parent run's end, where the store answers (a launch that stopped because it did not is
+    closed by its --resume)."""
+    from sweeps.outbox import is_outage
+    from sweeps.tracking import end_run
+
+    try:
+        end_run(uri, parent, status)
+    except Exception as e:  # noqa: BLE001
+        if not is_outage(e):
+            raise
+        print(f"note: MLflow at {uri} cannot be reached to mark launch {parent} {status}; --resume will",
+              file=sys.stderr)
 
 
 class Interrupted(Exception):
@@ -126,7 +161,11 @@ def plan(args, study, profile) -> list[dict[str, Any]]:
     sets, extra_space = user_settings(args)
     cells = study.cells(profile)
     if args.cells:
-        cells = [c for c in cells if re.search(args.cells, study.cell_name(c))]
+        try:
+            pattern = re.compile(args.cells)
+        except re.error as e:
+            raise ValueError(f"--cells {args.cells!r}: not a regular expression ({e}); e.g. --cells 'fedavg|fedprox'") from None
+        cells = [c for c in cells if pattern.search(study.cell_name(c))]
         if not cells:
             raise ValueError(f"--cells {args.cells!r} matches no cell of {study.name}")
     # --space replaces a key where the study tunes it, and adds it everywhere where the study does not
@@ -356,7 +395,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 callbacks=[Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
-                                        {e["name"]: data_tags(e["data"]) for e in entries})]))
+                                        {e["name"]: data_tags(e["data"]) for e in entries}, outbox_dir=tune_dir)]))
     grid = tuner.fit()
     results = list(grid)
     mine = {e["name"]: [r for r in results if r.config.get(CELL) == e["name"]] for e in entries}
@@ -449,8 +488,7 @@ def prepare(args):
     args.seeds = args.seeds or profile.seeds
     resources = {"cpu": args.cpus_per_trial if args.cpus_per_trial is not None else profile.cpus_per_trial,
                  "gpu": args.gpus_per_trial if args.gpus_per_trial is not None else profile.gpus_per_trial}
-    if resources["cpu"] <= 0 or resources["gpu"] < 0:
-        raise ValueError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    check_resources(resources, local=False)  # finite and in range; whether they fit: below
     args.device = args.device or profile.base.get("device", "cpu")
     if args.device == "cuda":
         if resources["gpu"] <= 0:
@@ -467,6 +505,11 @@ def prepare(args):
             print(f"note: {why}; the plan below is what the launch would run there", file=sys.stderr)
     elif resources["gpu"] > 0 and args.gpus_per_trial is None:
         resources["gpu"] = 0.0  # the profile's GPU share is for cuda training
+    check_resources(resources, local=not args.address, dry_run=args.dry_run)
+    for flag in ("placement_timeout", "tracking_wait"):
+        value = getattr(args, flag)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} {value:g}: allowed seconds >= 0")
     entries = plan(args, study, profile)
     for name, info in check_data(study, entries, args.dry_run).items():
         next(e for e in entries if e["name"] == name)["data"] = info
@@ -572,8 +615,13 @@ def main(argv: list[str] | None = None) -> int:
     storage = args.storage.rstrip("/") if "://" in args.storage else str(Path(args.storage).resolve())
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
+        if "://" not in storage:
+            from fedcore.paths import writable_dir
+
+            writable_dir(storage, "--storage")
         study, profile, entries, resources = prepare(args)
         check_tracking_uri(tracking_uri)
+        check_address(args.address)
         launch = None
         if args.resume:
             launch = find_launch(tracking_uri, study.name, profile.name, storage)
@@ -626,36 +674,69 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from sweeps.tracking import end_run, reopen_run, start_parent_run, summarize_launch
+    from sweeps.tracking import mark_abandoned, reopen_run, start_parent_run, summarize_launch
 
     # Tune's own tables would bury the progress lines below; verbose=0 silences them only with this
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # a dead server: one quick failure, then the outbox keeps the writes (MLflow's own retries block
+    # the launch for minutes on each call)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # a failed trial is one line from Progress; Tune would also log its traceback, once per attempt
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):  # and the table says which did not complete
         logging.getLogger(name).setLevel(logging.CRITICAL)
     t0 = time.perf_counter()
-    if launch is not None:
-        parent, tune_dir = launch.info.run_id, launch.data.tags["tune_dir"]
-        reopen_run(tracking_uri, parent, argv)
-        print(f"resuming launch {parent} from {tune_dir}")
-    else:
-        tune_dir = f"{storage}/{study.name}-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        _, parent = start_parent_run(tracking_uri, study.name, profile.name, argv, tune_dir, storage,
-                                     tags=launch_tags(study, profile, entries))
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(num_cpus=max(2, int(resources["cpu"] * args.max_concurrent)), include_dashboard=False,
-                 log_to_driver=False)
-    rows, status = [], "FAILED"
+    tune_dir = (launch.data.tags["tune_dir"] if launch is not None
+                else f"{storage}/{study.name}-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    lock = LaunchLock(tune_dir)
     try:
+        lock.acquire(launch.info.run_id if launch is not None else tune_dir)
+    except ValueError as e:
+        return fail(f"--resume: {e}")
+    stop_like_ctrl_c()
+    rows, status, parent = [], "FAILED", None
+    try:
+        # Ray first: a cluster that cannot take the launch leaves no parent run behind
+        if args.address:
+            ray.init(address=args.address)
+            wait_until_placeable(resources, ray.nodes, args.placement_timeout)
+        else:
+            ray.init(num_cpus=max(2, int(resources["cpu"] * args.max_concurrent)), include_dashboard=False,
+                     log_to_driver=False)
+        # a driver killed with SIGKILL could not close its runs: whatever no live driver holds is over
+        mark_abandoned(tracking_uri, study.name, lambda run: LaunchLock(run.data.tags.get("tune_dir", "")).may_be_running())
+        if launch is not None:
+            parent = launch.info.run_id
+            reopen_run(tracking_uri, parent, argv)
+            print(f"resuming launch {parent} from {tune_dir}")
+        else:
+            _, parent = start_parent_run(tracking_uri, study.name, profile.name, argv, tune_dir, storage,
+                                         tags=launch_tags(study, profile, entries))
         rows = run_trials(entries, args, profile, study, resources, parent, tune_dir)
         status = "FINISHED"
+        kept = flush_outbox(tracking_uri, study.name, parent, tune_dir, args.tracking_wait)
+        if kept:
+            status = "UNRECORDED"
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
+    except ValueError as e:  # the cluster cannot place a trial (wait_until_placeable)
+        if parent is not None:
+            raise
+        return fail(str(e))
     finally:
         ray.shutdown()
-        end_run(tracking_uri, parent, status)
+        if parent is not None and status != "UNRECORDED":
+            close_parent(tracking_uri, parent, status)
+        lock.release()
+    if status == "UNRECORDED":
+        print_table(rows, study.objectives[0], ", ".join(sorted({e["cfg"].eval.protocol for e in entries})))
+        return fail(f"the launch finished, but MLflow at {tracking_uri} did not answer again within "
+                    f"{args.tracking_wait:.0f} s: {kept} record(s) of it wait in {tune_dir}/mlflow_outbox.jsonl. Once "
+                    f"the store answers, the same command with --resume sends them (no trial runs again): "
+                    f"{command(argv if '--resume' in argv else [*argv, '--resume'])}", code=1)
+    if status == "KILLED" and parent is None:
+        print("\ninterrupted before the launch began; nothing ran, nothing to resume", file=sys.stderr)
+        return 130
     if status == "KILLED":
         resume = argv if "--resume" in argv else [*argv, "--resume"]
         print(f"\ninterrupted after {time.perf_counter() - t0:.0f}s; the state is saved under {tune_dir}.\n"
@@ -664,8 +745,16 @@ def main(argv: list[str] | None = None) -> int:
     protocol = ", ".join(sorted({e["cfg"].eval.protocol for e in entries}))
     print_table(rows, study.objectives[0], protocol)
     # one number per cell on the parent run, the one that picked each cell's best: its chart is the answer
-    summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0], protocol),
-                     keys=(study.objectives[0],), seeds=False)
+    from sweeps.outbox import is_outage
+
+    try:
+        summarize_launch(tracking_uri, parent, rows, format_table(rows, study.objectives[0], protocol),
+                         keys=(study.objectives[0],), seeds=False)
+    except Exception as e:  # noqa: BLE001 - the table is printed; --resume writes it again
+        if not is_outage(e):
+            raise
+        print(f"note: MLflow at {tracking_uri} went down again: the parent run lacks this table (--resume adds it)",
+              file=sys.stderr)
     failed = [r["cell"] for r in rows if "error" in r]
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s; Tune results under {tune_dir}")
     # mlflow ui is the full server in MLflow 3 (a job runner and its workers): server.sh starts a light one

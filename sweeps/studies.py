@@ -139,8 +139,16 @@ def text_datasets(names: tuple[str, ...], **extra: dict[str, Any]) -> Callable[[
     return resolve
 
 
-TEXT_DATA_FILES = ("ag_news/train.csv", "ag_news/test.csv", "dbpedia14/train.csv", "dbpedia14/test.csv",
-                   "dbpedia14/meta.txt")
+TEXT_DATA_FILES = {"ag_news": ("ag_news/train.csv", "ag_news/test.csv"),
+                   "dbpedia14": ("dbpedia14/train.csv", "dbpedia14/test.csv", "dbpedia14/meta.txt")}
+
+
+TEXT_FILES = {f for files in TEXT_DATA_FILES.values() for f in files}
+
+
+def text_data_files(names: tuple[str, ...]) -> tuple[str, ...]:
+    """What --data-dir must hold for these corpora (only theirs: an AG News-only profile needs no DBpedia)."""
+    return tuple(f for n in names for f in TEXT_DATA_FILES.get(n, ()))
 
 
 def image_datasets(name: str, **extra: Any) -> Callable[[str | None], dict[str, dict[str, Any]]]:
@@ -198,7 +206,7 @@ def layout_fields(spec, datasets: dict[str, dict[str, Any]] | None) -> dict[str,
     if datasets is None:
         raise ValueError(f"data_dir layout {kind!r} gives datasets: the study needs a factor with from: datasets")
     if kind == "text_corpora":
-        return {"datasets": text_datasets(tuple(spec.names), **spec.extra), "data_files": TEXT_DATA_FILES}
+        return {"datasets": text_datasets(tuple(spec.names), **spec.extra), "data_files": text_data_files(tuple(spec.names))}
     if kind == "image_classes":
         return {"datasets": image_datasets(spec.name or "images", **spec.extra), "data_files": tuple(spec.files or ())}
     if kind == "lora_fair_domains":
@@ -230,6 +238,20 @@ def with_data(profile: Profile, data: str, test_data: str | None) -> Profile:
     return replace(profile, base={**profile.base, "data": {**profile.base.get("data", {}), **section}})
 
 
+def check_data_dir(data_dir: str, files: tuple[str, ...], what: str) -> None:
+    """--data-dir holds `files`; ValueError naming what it lacks (and its parent, where the user gave
+    the corpus folder itself: ../shared/data/ag_news for a profile that reads ../shared/data)."""
+    d = Path(data_dir)
+    missing = [f for f in files if not (d / f).exists()]
+    if not missing:
+        return
+    hint = ""
+    inside = {f.split("/", 1)[0] for f in missing if "/" in f}
+    if d.name in inside and all((d.parent / f).exists() for f in files):
+        hint = f"; it is one corpus folder: give the folder that holds it, --data-dir {d.parent}"
+    raise ValueError(f"--data-dir {data_dir!r} lacks {', '.join(missing)} ({what}){hint}")
+
+
 def get_profile(study: Study, name: str, data_dir: str | None = None, data: str | None = None,
                 test_data: str | None = None) -> Profile:
     if name not in study.profiles:
@@ -243,17 +265,13 @@ def get_profile(study: Study, name: str, data_dir: str | None = None, data: str 
         return with_data(profile, data, test_data)
     if profile.datasets is not None:
         if data_dir is not None:
-            missing = [f for f in profile.data_files if not (Path(data_dir) / f).exists()]
-            if missing:
-                raise ValueError(f"--data-dir {data_dir!r} lacks {', '.join(missing)} (profile {name} of {study.name})")
-        elif profile.base.get("device") == "cuda" and not profile.data_files == TEXT_DATA_FILES:
+            check_data_dir(data_dir, profile.data_files, f"profile {name} of {study.name}")
+        elif profile.base.get("device") == "cuda" and not (profile.data_files and set(profile.data_files) <= TEXT_FILES):
             raise ValueError(f"profile {name} of {study.name} reads its images from --data-dir "
                              f"({', '.join(profile.data_files) or 'train_jpg.tar, test_jpg.tar'} or train/, test/)")
         return replace(profile, options={**profile.options, "datasets": profile.datasets(data_dir)})
     if data_dir is not None:
-        missing = [f for f in profile.data_files if not (Path(data_dir) / f).exists()]
-        if missing:
-            raise ValueError(f"--data-dir {data_dir!r} lacks {', '.join(missing)} (profile {name} of {study.name})")
+        check_data_dir(data_dir, profile.data_files, f"profile {name} of {study.name}")
         base = {**profile.base, "data": {**profile.base.get("data", {}), **ag_news_base(data_dir)}}
         profile = replace(profile, base=base)
     return profile

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedcore.config import TextLoader
 from search_spaces.distributions import DistributionError, parse_distribution
 
 # objectives are maximised: only metrics where higher is better
@@ -220,7 +221,7 @@ class Replace(dict):
     """A mapping tagged !replace in a study file: an overlay puts it in place of the one it meets."""
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(TextLoader):  # dates stay strings, as in a run's config
     pass
 
 
@@ -271,7 +272,7 @@ def read(path: str | Path) -> tuple[dict[str, Any], str]:
         raise StudyFileError(f"study file {str(p)!r} does not exist")
     text = p.read_text()
     try:
-        doc = yaml.load(text, Loader=_Loader)  # safe_load's loader, plus !replace
+        doc = yaml.load(text, Loader=_Loader)  # safe_load's loader, dates as text, plus !replace
     except yaml.YAMLError as e:
         raise StudyFileError(f"study file {p}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(doc, dict):

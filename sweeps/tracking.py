@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -57,7 +57,15 @@ def check_tracking_uri(uri: str) -> None:
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_absolute():
             raise TrackingError(f"--tracking-uri {uri!r}: use an absolute sqlite:/// path (sqlite:////abs/path.db)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise TrackingError(f"--tracking-uri {uri!r}: {path} is a folder; give the database file, e.g. "
+                                f"sqlite:///{path / 'mlflow.db'}")
+        from fedcore.paths import writable_dir
+
+        try:
+            writable_dir(path.parent, "--tracking-uri's folder")
+        except ValueError as e:
+            raise TrackingError(str(e)) from None
     elif "://" not in uri:
         raise TrackingError(f"--tracking-uri {uri!r}: MLflow 3 has no plain-directory store here; "
                             f"use sqlite:////absolute/path.db or http://host:port")
@@ -136,6 +144,31 @@ def find_launch(uri: str, study: str, profile: str, storage: str):
     return None
 
 
+def mark_abandoned(uri: str, study: str, may_be_running: Callable[[Any], bool]) -> list[str]:
+    """Launches of `study` still RUNNING in MLflow whose driver is gone (`may_be_running(run)` False:
+    killed with SIGKILL, or its machine lost) marked KILLED, with their RUNNING trial runs; their ids.
+    --resume continues such a launch as any interrupted one."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return []
+    marked = []
+    for run in client.search_runs([exp.experiment_id], filter_string="tags.kind = 'launch' and attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        if may_be_running(run):
+            continue
+        children = client.search_runs([exp.experiment_id], max_results=10000, filter_string=
+                                      f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'")
+        for child in children:
+            client.set_terminated(child.info.run_id, "KILLED")
+        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_tag(run.info.run_id, "abandoned", "its driver ended without closing it (e.g. SIGKILL)")
+        marked.append(run.info.run_id)
+    return marked
+
+
 def reopen_run(uri: str, run_id: str, argv: list[str]) -> None:
     """Mark a launch's parent run running again and record the resuming command."""
     from mlflow.tracking import MlflowClient
@@ -176,11 +209,17 @@ class TrialTracker(MLflowLoggerCallback):
 
     def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str,
                  cells: dict[str, dict[str, Any]] | None = None,
-                 cell_tags: dict[str, dict[str, str]] | None = None):
+                 cell_tags: dict[str, dict[str, str]] | None = None, outbox_dir: str | None = None):
+        from sweeps.outbox import Outbox
+
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id}, save_artifact=False)
         self.cells = cells or {}
         self.cell_tags = cell_tags or {}
+        # every write goes through the outbox: kept on disk while the store is down (sweeps/outbox.py)
+        self.outbox = Outbox(tracking_uri, outbox_dir)
+        self._run_ids: dict[str, str] = {}  # trial name -> its run
+        self._last_step: dict[str, int] = {}  # run -> the last round it holds
 
     @property
     def client(self):
@@ -193,6 +232,18 @@ class TrialTracker(MLflowLoggerCallback):
     def __getstate__(self):
         # the tuner pickles its callbacks; a client (a store with a database engine) stays behind
         return {**self.__dict__, "_client": None}
+
+    def setup(self, *args, **kwargs):
+        # Ray's setup asks the store for the experiment; a store that is down now is the outbox's
+        # business (the launch checked it before it began), not a reason to stop
+        from sweeps.outbox import is_outage
+
+        try:
+            super().setup(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if not is_outage(e):
+                raise
+            self._trial_runs = {}
 
     def trial_tags(self, trial) -> dict[str, str]:
         from sweeps.schedule import CELL, STAGE
@@ -232,36 +283,73 @@ class TrialTracker(MLflowLoggerCallback):
                 return run
         return None
 
-    def log_trial_start(self, trial):
-        params = trial_params(trial.config)
-        logged: dict[str, str] = {}
-        if trial not in self._trial_runs:
-            tags = self.trial_tags(trial)
-            runs = self._stage_runs(tags.get("stage"))
-            run = self._existing_run(trial, runs)
+    def _run_of(self, op: dict[str, Any]) -> str | None:
+        """The run of the op's trial: this driver's, else the one an earlier driver opened."""
+        name = op["trial"]
+        if name not in self._run_ids:
+            run = self._existing_run(name, self._stage_runs(op.get("stage")))
             if run is not None:
-                self.client.update_run(run.info.run_id, status="RUNNING")
-                run_id, logged = run.info.run_id, run.data.params
+                self._run_ids[name] = run.info.run_id
+        return self._run_ids.get(name)
+
+    def apply(self, op: dict[str, Any]) -> None:
+        """One write to the store (sweeps/outbox.py sends it now, or later)."""
+        kind = op["op"]
+        if kind == "start":
+            run_id = self._run_of(op)
+            if run_id is not None:  # a resumed trial, or the same trial retried after a failure
+                self.client.update_run(run_id, status="RUNNING")
+                logged = self.client.get_run(run_id).data.params
             else:
-                name = child_run_name(trial.config, len(runs) + 1) or str(trial)
-                run_id = self.mlflow_util.start_run(tags=tags, run_name=name).info.run_id
-            self._trial_runs[trial] = run_id
-        else:  # the same trial started again in this launch (a retry after a failure)
-            logged = self.client.get_run(self._trial_runs[trial]).data.params
-        log_params(self.client, self._trial_runs[trial], params, logged)
+                exp = self.client.get_experiment_by_name(self.experiment_name)
+                exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment_name)
+                name = child_run_name(op["name"], len(self._stage_runs(op.get("stage"))) + 1) or op["trial"]
+                run_id = self.client.create_run(exp_id, tags=op["tags"], run_name=name).info.run_id
+                self._run_ids[op["trial"]], logged = run_id, {}
+            log_params(self.client, run_id, op["params"], logged)
+            # a trial restored from its checkpoint reports again the rounds it ran after that checkpoint
+            # (killed driver or worker): those rounds are in the run already, once is enough
+            rounds = self.client.get_metric_history(run_id, "round")
+            self._last_step[run_id] = max((m.step for m in rounds), default=0)
+            return
+        run_id = self._run_of(op)
+        if run_id is None:
+            print(f"warning: no MLflow run for trial {op['trial']}; its {kind} record is dropped", file=sys.stderr)
+            return
+        if kind == "metrics":
+            if op["step"] <= self._last_step.get(run_id, 0):
+                return
+            log_numbers(self.client, run_id, op["metrics"], op["step"])
+            self._last_step[run_id] = op["step"]
+        elif kind == "artifacts":
+            for path in op["files"]:
+                self.client.log_artifact(run_id, path)
+        elif kind == "end":
+            self.client.set_terminated(run_id, op["status"])
+
+    def _send(self, op: dict[str, Any]) -> None:
+        self.outbox.send(op, self.apply)
+
+    def log_trial_start(self, trial):
+        from sweeps.schedule import CELL, STAGE
+
+        tags = self.trial_tags(trial)
+        self._send({"op": "start", "trial": str(trial), "stage": tags.get("stage"), "tags": tags,
+                    "name": {k: trial.config[k] for k in (CELL, STAGE, "seed") if k in trial.config},
+                    "params": trial_params(trial.config)})
 
     def log_trial_result(self, iteration: int, trial, result: dict):
         step = int(result.get("round") or result.get("training_iteration") or iteration)
-        log_metrics(self.client, self._trial_runs[trial], result, step)
+        self._send({"op": "metrics", "trial": str(trial), "stage": self.trial_tags(trial).get("stage"), "step": step,
+                    "metrics": numbers_of(result)})
 
     def log_trial_end(self, trial, failed: bool = False):
-        result = trial.last_result or {}
-        run_id = self._trial_runs.get(trial)
-        if run_id is not None and result:
+        result, stage = trial.last_result or {}, self.trial_tags(trial).get("stage")
+        if result:
             with tempfile.TemporaryDirectory() as d:
-                for path in write_artifacts(result, Path(d)):
-                    self.client.log_artifact(run_id, str(path))
-        super().log_trial_end(trial, failed)
+                files = [str(p) for p in write_artifacts(result, Path(d))]
+                self._send({"op": "artifacts", "trial": str(trial), "stage": stage, "files": files})
+        self._send({"op": "end", "trial": str(trial), "stage": stage, "status": "FAILED" if failed else "FINISHED"})
 
 
 # a value that can stand in a search filter's quotes as it is (cell names, stages)
@@ -325,19 +413,29 @@ def _param_value(v: Any) -> str:
 # Ray's MLflow helper writes one metric or param per request: with a round's ~60 metrics that was
 # 0.3 s of the driver per round on a sqlite store, more than a smoke round's training. A batch is one
 # request (MLflow caps a batch at 1000 metrics and 100 params).
-def log_metrics(client, run_id: str, result: dict[str, Any], step: int) -> None:
+def numbers_of(result: dict[str, Any]) -> dict[str, float]:
     """Every number in `result` (nested dicts flattened with "/"; the trial's config, logged as params,
-    left out) as one metric step."""
-    from mlflow.entities import Metric
-
+    left out)."""
     from ray.tune.utils import flatten_dict
 
-    now = int(time.time() * 1000)
     # numbers only: strings (a divergence's reason, a trial id) are not metrics, even where float() reads them
-    metrics = [Metric(k, float(v), now, step) for k, v in flatten_dict({k: v for k, v in result.items() if k != "config"}).items()
-               if isinstance(v, numbers.Number)]
+    return {k: float(v) for k, v in flatten_dict({k: v for k, v in result.items() if k != "config"}).items()
+            if isinstance(v, numbers.Number)}
+
+
+def log_numbers(client, run_id: str, values: dict[str, float], step: int) -> None:
+    """`values` as one metric step, in batches."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, step) for k, v in values.items()]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def log_metrics(client, run_id: str, result: dict[str, Any], step: int) -> None:
+    """Every number in `result` as one metric step."""
+    log_numbers(client, run_id, numbers_of(result), step)
 
 
 def log_params(client, run_id: str, config: dict[str, Any], logged: dict[str, str] | None = None) -> None:

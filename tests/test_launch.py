@@ -44,7 +44,7 @@ def test_list_and_dry_run(capsys):
     (["fairness_paradox", "--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' lacks train.csv, test.csv"),
     (["fairness_paradox", "--num-samples", "0"], "--num-samples must be at least 1"),
     (["fairness_paradox", "--cells", "resnet"], "--cells 'resnet' matches no cell"),
-    (["fairness_paradox", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+    (["fairness_paradox", "--cpus-per-trial", "0"], "--cpus-per-trial 0: allowed a number > 0"),
     (["fairness_paradox", "--tracking-uri", "http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 is not reachable"),
     (["fairness_paradox", "--tracking-uri", "sqlite:///relative.db"], "use an absolute sqlite:/// path"),
 ])

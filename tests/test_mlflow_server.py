@@ -59,3 +59,30 @@ def test_launch_records_through_a_real_server(server):
     run = MlflowClient(server).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["profile"] == "smoke" and run.data.tags["resumed"] == "1"
     assert run.info.experiment_id == exp_id
+
+
+def _start(tmp_path, port):
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.Popen(["bash", str(ROOT / "mlflow" / "server.sh"), "--port", str(port), "--workers", "2",
+                             "--store", f"sqlite:///{tmp_path / 'db.sqlite'}", "--artifacts", str(tmp_path / "art")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    line = proc.stdout.readline()  # printed once /health answers
+    assert line.startswith("MLflow UI: http://127.0.0.1:"), line
+    return proc
+
+
+def test_stopping_the_scripts_pid_alone_ends_every_server_process(tmp_path):
+    """TERM to server.sh's own pid (what a process manager sends) ends the server and its uvicorn
+    workers, which once kept serving after their parent was gone."""
+    import psutil
+
+    port = free_port()
+    proc = _start(tmp_path, port)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) >= 3  # the server, its uvicorn parent and 2 workers (and the health poller gone)
+    os.kill(proc.pid, signal.SIGTERM)  # not the group: the script alone
+    proc.wait(timeout=60)
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing serves the port

@@ -18,7 +18,7 @@ BASE = {"data": {"source": "synthetic:topics?n=240&test=60", "max_len": 16, "voc
         # bit for bit (float sums depend on the thread count)
         "torch_threads": 1}
 UNTIMED = ("seconds", "train_seconds", "time_", "timestamp", "date", "pid", "hostname", "node_ip",
-           "iterations_since_restore", "training_iteration", "trial_id", "done", "checkpoint_dir_name",
+           "iterations_since_restore", "training_iteration", "trial_id", "node_id", "done", "checkpoint_dir_name",
            "should_checkpoint", "config", "experiment_tag")
 
 
@@ -112,6 +112,48 @@ def test_crashed_trial_restores_from_checkpoint_and_matches(tmp_path):
     same_metrics(result.metrics, direct[-1])
     rounds = result.metrics_dataframe["round"].tolist()
     assert rounds[-2:] == [2.0, 3.0] and rounds.count(1.0) == 1  # resumed after round 1, not from scratch
+
+
+def killed(config):
+    """fedavg, except that the first attempt's worker process is SIGKILLed as round 3 begins: no
+    exception, no cleanup, the process gone (what the OOM killer or a lost node does)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    import fedcore.tune as ft
+
+    marker = Path(config["_marker"])
+    original = ft.Federation.run_round
+
+    def run_round(self):
+        if self.round == 2 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self)
+
+    ft.Federation.run_round = run_round
+    run_trial({k: v for k, v in config.items() if k != "_marker"}, "fedavg")
+
+
+def test_worker_killed_mid_round_resumes_from_its_checkpoint_and_matches(tmp_path):
+    marker = tmp_path / "killed"
+    tuner = tune.Tuner(
+        killed,
+        param_space={"_base": BASE, "_checkpoint_every": 1, "_marker": str(marker), "optimizer.lr": 0.05},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t4", verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    grid = tuner.fit()
+    assert marker.exists(), "the worker was killed"
+    assert grid.num_errors == 0
+    result = grid[0]
+    assert result.metrics["pid"] != int(marker.read_text())  # round 3 ran in a new worker
+    direct = direct_history({"_base": BASE, "optimizer.lr": 0.05}, "fedavg")
+    history = result.metrics_dataframe.to_dict("records")
+    assert [r["round"] for r in history] == [1.0, 2.0, 3.0]  # resumed after round 2, each round once
+    for reported, expected in zip(history, direct):  # exactly the uninterrupted run, round by round
+        same_metrics(reported, expected)
 
 
 def test_one_trainable_for_every_method_and_reused_actors_change_no_result(tmp_path):

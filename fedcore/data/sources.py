@@ -25,6 +25,7 @@ name is the file's or folder's stem, or its parent folder's where the stem is ge
 from __future__ import annotations
 
 import csv
+import math
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -117,6 +118,11 @@ def source_name(uri: str) -> str:
 
 _NUMERIC = {"classes": int, "n": int, "test": int, "seed": int, "signal": float, "confuse": float,
             "label_offset": int, "size": int, "images": int}
+# (low, high, what is allowed) of the numeric parameters that have bounds
+_RANGES = {"n": (1, None, "a whole number of training samples, at least 1"),
+           "test": (1, None, "a whole number of test samples, at least 1"),
+           "signal": (0.0, 1.0, "a probability in [0, 1]"), "confuse": (0.0, 1.0, "a probability in [0, 1]"),
+           "size": (1, None, "a side in pixels, at least 1"), "images": (0, 1, "0 or 1")}
 
 
 def check_uri(uri: str) -> str:
@@ -137,11 +143,18 @@ def check_uri(uri: str) -> str:
     for key, typ in _NUMERIC.items():
         if key in params:
             try:
-                typ(params[key])
+                value = typ(params[key])
             except ValueError:
                 raise ValueError(f"parameter {key}={params[key]!r} in {uri!r} must be {typ.__name__}") from None
+            low, high, what = _RANGES.get(key, (None, None, ""))
+            if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+                raise ValueError(f"parameter {key}={params[key]!r} in {uri!r}: allowed {what}")
     if scheme in ("csv", "tsv"):
         path = Path(target).expanduser()
+        if path.is_dir():
+            files = sorted(q.name for q in path.glob(f"*.{scheme}"))[:4]
+            raise ValueError(f"data file {target!r} is a folder (from {uri!r}); name its file"
+                             + (f", e.g. {scheme}:{path / files[0]} (it holds {', '.join(files)})" if files else ""))
         if not path.is_file():
             raise ValueError(f"data file {target!r} does not exist (from {uri!r})")
         query = uri.split("?", 1)[1] if "?" in uri else ""
@@ -327,6 +340,15 @@ def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None,
     when it names exactly the labels, else in sorted label order (then `class_names`, if given,
     renames them in that order). Either way `class_names` must hold one name per class; with
     `partial` (a test file) the labels may cover only some of the names."""
+    blank = [i for i, v in enumerate(raw) if v is None or (isinstance(v, float) and math.isnan(v))
+             or (isinstance(v, str) and not v.strip())]
+    if blank:  # a blank would become a class of its own
+        raise DataSourceError(f"{len(blank)} row(s) have no label (the first: data row {blank[0] + 1}); label or "
+                              f"drop them")
+    fractional = next((v for v in raw if isinstance(v, float) and not v.is_integer()), None)
+    if fractional is not None:  # int() would truncate 1.5 to class 1
+        raise DataSourceError(f"label {fractional!r} is not a whole number; labels are class ids (0, 1, ...) "
+                              f"or class names")
     try:
         ints = np.asarray([int(v) for v in raw], dtype=np.int64) - offset
     except (TypeError, ValueError):
@@ -355,6 +377,12 @@ def _labels_to_ids(raw: list, offset: int, class_names: list[str] | None,
     return ints, names
 
 
+def _innermost(e: BaseException) -> str:
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _short(names: list[str], k: int = 5) -> str:
     return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
@@ -377,6 +405,10 @@ def _load_delimited(path: str, p: dict[str, str], delimiter: str, partial: bool 
     path = str(Path(path).expanduser().resolve())
     has_header = p.get("header", "true").lower() not in ("none", "false", "0", "no")
     kwargs: dict = {"delimiter": delimiter}
+    with open(path, "rb") as f:
+        if b"\0" in f.read(65536):
+            raise DataSourceError(f"{path} is not a text file (it holds NUL bytes); a {'CSV' if delimiter == ',' else 'TSV'} "
+                                  f"source is UTF-8 text with a header row, e.g. text,label")
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f, delimiter=delimiter)
         first, second = next(reader, None), next(reader, None)
@@ -389,8 +421,8 @@ def _load_delimited(path: str, p: dict[str, str], delimiter: str, partial: bool 
         kwargs["header"] = None
     try:
         ds = _quiet_csv(datasets, path, kwargs)
-    except Exception as e:  # datasets wraps pandas errors in several types
-        raise DataSourceError(f"could not read {path}: {e}") from None
+    except Exception as e:  # datasets wraps pandas errors in several types: say the innermost
+        raise DataSourceError(f"could not read {path}: {_innermost(e)}") from None
     text_cols = p.get("text", "text").split(",")
     label_col = p.get("label", "label")
     missing = [c for c in text_cols + [label_col] if c not in ds.column_names]

@@ -6,6 +6,7 @@ trainable parameters; frozen weights stay in the one resident model and never tr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -73,7 +74,7 @@ class Method:
     @classmethod
     def parse_params(cls, params: dict[str, Any]) -> BaseModel:
         try:
-            return cls.Params.model_validate(params)
+            parsed = cls.Params.model_validate(params)
         except ValidationError as err:
             e = err.errors()[0]
             field_name = ".".join(str(p) for p in e["loc"])
@@ -82,6 +83,10 @@ class Method:
                 f"method.params.{field_name}: {e['msg']} (got {e.get('input')!r}) for method "
                 f"{cls.name!r}; its parameters: {allowed}"
             ) from None
+        for name, value in parsed.model_dump(by_alias=True).items():  # a plugin's Params too
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"method.params.{name}: must be a finite number (got {value!r}) for method {cls.name!r}")
+        return parsed
 
     # --- server side -------------------------------------------------------------------------
     def init_server_state(self, global_state: State) -> State:

@@ -1,0 +1,161 @@
+"""Faults a cluster inflicts on a launch, with real processes and real signals: SIGTERM and SIGKILL of
+the driver, a second driver on one launch, and what MLflow holds afterwards (sweeps/guards.py,
+sweeps/tracking.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sweeps.guards import LaunchLock, cluster_fits, wait_until_placeable
+
+
+def _hold_lock(tune_dir) -> subprocess.Popen:
+    """Another process that holds the launch lock of `tune_dir` until killed."""
+    code = ("import sys, time; from sweeps.guards import LaunchLock; LaunchLock(sys.argv[1]).acquire('x'); "
+            "print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tune_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_refuses_a_second_driver_and_goes_with_a_killed_one(tmp_path):
+    holder = _hold_lock(tmp_path / "launch")
+    try:
+        with pytest.raises(ValueError, match=rf"launch L1 is running in another driver \(pid {holder.pid} on "):
+            LaunchLock(str(tmp_path / "launch")).acquire("L1")
+        assert LaunchLock(str(tmp_path / "launch")).may_be_running()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = LaunchLock(str(tmp_path / "launch"))
+    assert not lock.may_be_running()
+    lock.acquire("L1")  # SIGKILL released it
+    lock.release()
+    assert LaunchLock("s3://bucket/launch").may_be_running()  # remote: cannot tell, so it may be
+
+
+def test_abandoned_launches_are_marked_killed_with_their_running_trials(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.tracking import mark_abandoned, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    dead_dir, live_dir = tmp_path / "dead", tmp_path / "live"
+    exp, dead = start_parent_run(uri, "toy", "smoke", ["toy"], str(dead_dir), str(tmp_path))
+    _, live = start_parent_run(uri, "toy", "smoke", ["toy"], str(live_dir), str(tmp_path))
+    trial = client.create_run(exp, tags={"mlflow.parentRunId": dead}).info.run_id
+    done = client.create_run(exp, tags={"mlflow.parentRunId": dead}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    live_trial = client.create_run(exp, tags={"mlflow.parentRunId": live}).info.run_id
+    holder = _hold_lock(live_dir)
+    try:
+        marked = mark_abandoned(uri, "toy", lambda run: LaunchLock(run.data.tags["tune_dir"]).may_be_running())
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert marked == [dead]
+    status = {r: client.get_run(r).info.status for r in (dead, trial, done, live, live_trial)}
+    assert status == {dead: "KILLED", trial: "KILLED", done: "FINISHED", live: "RUNNING", live_trial: "RUNNING"}
+    assert mark_abandoned(uri, "no_such_study", lambda run: False) == []
+
+
+def test_placement_wait_says_what_no_node_has():
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    assert cluster_fits({"cpu": 1.0, "gpu": 0.0}, nodes) is None
+    why = cluster_fits({"cpu": 1.0, "gpu": 0.25}, nodes)
+    assert why == "each trial asks for 1 CPU and 0.25 GPU, and the largest of the cluster's 1 node(s) has 2 CPU and 0 GPU"
+    with pytest.raises(ValueError, match=r"no node of the cluster can run a trial after 0 s: each trial asks"):
+        wait_until_placeable({"cpu": 1.0, "gpu": 0.25}, lambda: nodes, timeout_s=0)
+    # a node that joins while it waits (an autoscaler's) ends the wait
+    calls = []
+
+    def growing():
+        calls.append(1)
+        return nodes + ([{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}}] if len(calls) > 1 else [])
+    wait_until_placeable({"cpu": 1.0, "gpu": 0.25}, growing, timeout_s=30, poll_s=0.01)
+    assert len(calls) == 2
+
+
+def _mlflow(db):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("fairness_paradox")
+    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    return (client, [r for r in runs if r.data.tags.get("kind") == "launch"],
+            [r for r in runs if r.data.tags.get("kind") != "launch"])
+
+
+def _until_done(proc, k: int, seen: list[str], timeout: float = 300) -> set[str]:
+    """Read the launch's progress until k more trials are done; their ids."""
+    done, deadline = set(), time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if "] trial" in line and ": done" in line:
+            done.add(line.split("trial ")[1].split(":")[0])
+            if len(done) >= k:
+                return done
+        assert time.monotonic() < deadline, "".join(seen)
+    raise AssertionError("the launch ended first:\n" + "".join(seen))
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_path):
+    """SIGTERM stops a launch as Ctrl-C does; a resumed driver killed with SIGKILL (two trials running)
+    leaves a launch that a second driver may not take while a third resumes it; at the end every
+    trial has exactly one MLflow run, FINISHED, each round logged once, and the report reads it."""
+    db = tmp_path / "mlflow.db"
+    args = [sys.executable, "-m", "sweeps.launch", "fairness_paradox", "--cells", "textcnn-a0.1-fedavg$",
+            "--num-samples", "3", "--seeds", "3", "--max-concurrent", "2", "--storage", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{db}"]
+    pop = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: list[str] = []
+
+    first = subprocess.Popen(args, **pop)
+    done = _until_done(first, 1, seen)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 130, err[-3000:]
+    _, parents, _ = _mlflow(db)
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+    second = subprocess.Popen(args + ["--resume"], **pop)
+    done |= _until_done(second, 1, seen)
+    os.kill(second.pid, signal.SIGKILL)  # the driver only, mid-launch, another trial running
+    second.communicate(timeout=60)
+    _, parents, children = _mlflow(db)
+    assert parents[0].info.status == "RUNNING" and any(c.info.status == "RUNNING" for c in children)
+
+    third = subprocess.Popen(args + ["--resume"], **pop)
+    for line in third.stdout:
+        seen.append(line)
+        if line.startswith("resuming launch"):
+            break
+    fourth = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert fourth.returncode == 2, fourth.stderr[-2000:]
+    assert f"is running in another driver (pid {third.pid} on" in fourth.stderr.strip().splitlines()[-1]
+    out, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err[-3000:]
+    again = {ln.split("trial ")[1].split(":")[0] for ln in out.splitlines() if "] trial" in ln and ": done" in ln}
+    assert not done & again  # no finished trial ran twice
+
+    client, parents, children = _mlflow(db)
+    assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags["resumed"] == "2"
+    names = [c.data.tags["trial_name"] for c in children]
+    assert len(children) == 3 + 3 and len(set(names)) == 6, names
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "worst_client_acc")]
+        assert steps == list(range(1, int(child.data.metrics["round"]) + 1)), (child.data.tags["trial_name"], steps)
+    report = subprocess.run([sys.executable, "-m", "sweeps.report", "fairness_paradox", "--tracking-uri",
+                             f"sqlite:///{db}", "--out", str(tmp_path / "report"), "--no-log"],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "textcnn-a0.1-fedavg" in (tmp_path / "report" / "table.txt").read_text()

@@ -1,0 +1,120 @@
+"""A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster: a head and a worker node,
+each its own raylet with one CPU), every node on 127.0.0.1, token authentication on, the dashboard
+on 127.0.0.1: the launch places trials on both nodes, `ray job submit` runs the same study through
+the dashboard, and a node killed mid-launch has its trials continued elsewhere from their
+checkpoints. What sweeps/cluster/README.md says was run here."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ["fairness_paradox", "--cells", "textcnn-a0.1-fedavg$", "--max-concurrent", "2", "--cpus-per-trial", "1"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+    # every process below (nodes, launches, the job CLI) inherits the token
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0"})
+    dashboard = _free_port()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": dashboard})
+    worker = c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    c.wait_for_nodes()
+    try:
+        yield {"cluster": c, "address": c.address, "dashboard": f"http://127.0.0.1:{dashboard}", "worker": worker,
+               "head_id": c.head_node.node_id, "tmp": tmp_path_factory.mktemp("cluster")}
+    finally:
+        c.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _results(storage: Path) -> dict[str, list[dict]]:
+    """{trial folder: its result rows} of every trial of the launches under `storage`."""
+    out = {}
+    for path in storage.glob("*/trials/*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[path.parent.name] = rows
+    return out
+
+
+def _children(db: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("fairness_paradox")
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("kind") != "launch"]
+
+
+def _launch_args(cluster, name: str, *extra: str) -> tuple[list[str], Path, Path]:
+    storage, db = cluster["tmp"] / f"{name}_runs", cluster["tmp"] / f"{name}.db"
+    return [*STUDY, "--storage", str(storage), "--tracking-uri", f"sqlite:///{db}", *extra], storage, db
+
+
+def test_a_launch_places_trials_on_both_nodes_and_reports_to_mlflow(cluster):
+    args, storage, db = _launch_args(cluster, "both", "--num-samples", "2", "--seeds", "2")
+    out = subprocess.run([sys.executable, "-m", "sweeps.launch", *args, "--address", cluster["address"]],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = _results(storage)
+    assert len(results) == 4
+    nodes = {row["node_id"] for rows in results.values() for row in rows}
+    assert nodes == {cluster["head_id"], cluster["worker"].node_id}, nodes
+    assert {row["node_ip"] for rows in results.values() for row in rows} == {"127.0.0.1"}
+    children = _children(db)
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_ray_job_submit_runs_the_study_into_the_same_store(cluster):
+    args, storage, db = _launch_args(cluster, "job", "--num-samples", "1", "--seeds", "1")
+    out = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
+                          "--", sys.executable, "-m", "sweeps.launch", *args, "--address", "auto"],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert "finished in" in out.stdout and "succeeded" in out.stdout.lower()
+    children = _children(db)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_a_node_killed_mid_launch_has_its_trials_continued_elsewhere(cluster):
+    worker = cluster["worker"]
+    args, storage, db = _launch_args(cluster, "kill", "--num-samples", "2", "--seeds", "2", "--set", "rounds=6")
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *args, "--address", cluster["address"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    victim, deadline = None, time.monotonic() + 600
+    while victim is None:  # a seed run (ASHA stops none) that has reported a round on the worker, not its last
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        for name, rows in _results(storage).items():
+            if "_seeds_" in name and rows and rows[-1]["node_id"] == worker.node_id and rows[-1]["round"] < 6:
+                victim = name
+        time.sleep(0.2)
+    cluster["cluster"].remove_node(worker, allow_graceful=False)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    rows = _results(storage)[victim]
+    before = [r["round"] for r in rows if r["node_id"] == worker.node_id]
+    after = [r["round"] for r in rows if r["node_id"] == cluster["head_id"]]
+    assert before and after and rows[-1]["round"] == 6
+    assert after[0] > 1  # continued from a checkpoint, not from round 1
+    children = _children(db)
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
