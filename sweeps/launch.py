@@ -398,6 +398,14 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                                         {e["name"]: data_tags(e["data"]) for e in entries}, outbox_dir=tune_dir)]))
     grid = tuner.fit()
     results = list(grid)
+    if args.resume:
+        from sweeps.tracking import drop_phantom_runs
+
+        ids = {str(r.metrics.get("trial_id") or Path(r.path).name.rsplit("_", 1)[-1]) for r in results}
+        dropped = drop_phantom_runs(args.tracking_uri, study.name, parent_run_id, ids)
+        if dropped:
+            print(f"note: {len(dropped)} MLflow run(s) of trials lost with the killed driver deleted (proposed "
+                  f"again as new trials)", file=sys.stderr)
     mine = {e["name"]: [r for r in results if r.config.get(CELL) == e["name"]] for e in entries}
     tuned = {n: [r for r in rs if r.config.get(STAGE) == "tune"] for n, rs in mine.items()}
     # unfinished trials, or tuning trials never started: Ctrl-C (the searcher had trials left)
@@ -693,16 +701,20 @@ def main(argv: list[str] | None = None) -> int:
         lock.acquire(launch.info.run_id if launch is not None else tune_dir)
     except ValueError as e:
         return fail(f"--resume: {e}")
-    stop_like_ctrl_c()
     rows, status, parent = [], "FAILED", None
     try:
         # Ray first: a cluster that cannot take the launch leaves no parent run behind
         if args.address:
-            ray.init(address=args.address)
+            try:
+                ray.init(address=args.address)
+            except (ConnectionError, RuntimeError) as e:  # something listens there, but no Ray head we can join
+                raise ValueError(f"--address {args.address}: cannot join a Ray cluster there "
+                                 f"({' '.join(str(e).split())[:200]})") from None
             wait_until_placeable(resources, ray.nodes, args.placement_timeout)
         else:
             ray.init(num_cpus=max(2, int(resources["cpu"] * args.max_concurrent)), include_dashboard=False,
                      log_to_driver=False)
+        stop_like_ctrl_c()  # after ray.init, which installs a SIGTERM handler of its own that aborts
         # a driver killed with SIGKILL could not close its runs: whatever no live driver holds is over
         mark_abandoned(tracking_uri, study.name, lambda run: LaunchLock(run.data.tags.get("tune_dir", "")).may_be_running())
         if launch is not None:

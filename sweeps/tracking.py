@@ -169,6 +169,29 @@ def mark_abandoned(uri: str, study: str, may_be_running: Callable[[Any], bool]) 
     return marked
 
 
+def drop_phantom_runs(uri: str, study: str, parent: str, trial_ids: set[str]) -> list[str]:
+    """A driver killed just after Tune opened a trial, before Tune saved that it had, leaves a run for a
+    trial the resumed experiment never knew (the searcher proposes it again, as a new trial with its
+    own run). Such unfinished runs of this launch are deleted (MLflow keeps them, deleted, with the
+    reason), so that each trial has one run; their ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return []
+    dropped = []
+    for run in client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                  max_results=10000):
+        trial_id = run.data.tags.get("trial_name", "").rsplit("_", 1)[-1]
+        if trial_id not in trial_ids and run.info.status != "FINISHED":
+            client.set_tag(run.info.run_id, "dropped", "its trial was lost with a killed driver and proposed again")
+            client.set_terminated(run.info.run_id, "KILLED")
+            client.delete_run(run.info.run_id)
+            dropped.append(run.info.run_id)
+    return dropped
+
+
 def reopen_run(uri: str, run_id: str, argv: list[str]) -> None:
     """Mark a launch's parent run running again and record the resuming command."""
     from mlflow.tracking import MlflowClient

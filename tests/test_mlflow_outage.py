@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_mlflow_server import _wait_for_url
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +35,20 @@ class Server:
         self.proc = subprocess.Popen(
             ["bash", str(ROOT / "mlflow" / "server.sh"), "--port", str(self.port), "--store",
              f"sqlite:///{self.tmp / 'db.sqlite'}", "--artifacts", str(self.tmp / "art")],
-            env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            start_new_session=True)
-        assert self.proc.stdout.readline().startswith("MLflow UI:")
+            env={**os.environ, "PYTHON": sys.executable}, stdout=open(self.tmp / "server.log", "w"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for_url(self.tmp / "server.log", self.proc)
         return self
 
     def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)  # the server dies; it does not shut down
+        import psutil
+
+        # the server dies, every process of it at once (server.sh runs it in a group of its own); it
+        # does not shut down
+        family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        for p in family:
+            p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(family, timeout=30)
         self.proc.wait(timeout=30)
         time.sleep(1)
 
@@ -49,8 +58,8 @@ def server(tmp_path):
     s = Server(tmp_path).start()
     yield s
     if s.proc.poll() is None:
-        os.killpg(s.proc.pid, signal.SIGTERM)
-        s.proc.wait(timeout=30)
+        os.kill(s.proc.pid, signal.SIGTERM)  # server.sh stops its whole server group
+        s.proc.wait(timeout=60)
 
 
 def _args(tmp_path, server, *extra):

@@ -65,10 +65,18 @@ def _start(tmp_path, port):
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.Popen(["bash", str(ROOT / "mlflow" / "server.sh"), "--port", str(port), "--workers", "2",
                              "--store", f"sqlite:///{tmp_path / 'db.sqlite'}", "--artifacts", str(tmp_path / "art")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    line = proc.stdout.readline()  # printed once /health answers
-    assert line.startswith("MLflow UI: http://127.0.0.1:"), line
+                            env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    _wait_for_url(tmp_path / "server.log", proc)
     return proc
+
+
+def _wait_for_url(log: Path, proc, timeout: float = 120) -> None:
+    """server.sh prints "MLflow UI: <url>" once /health answers (the server's own lines around it)."""
+    deadline = time.monotonic() + timeout
+    while "MLflow UI: http://127.0.0.1:" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.5)
 
 
 def test_stopping_the_scripts_pid_alone_ends_every_server_process(tmp_path):
