@@ -156,6 +156,11 @@ def test_sigterm_then_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_
     client, parents, children = _mlflow(db)
     assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags["resumed"] == "2"
     names = [c.data.tags["trial_name"] for c in children]
+    # a run opened for a trial that the killed driver lost (Tune proposed it again) is deleted, with why
+    dropped = [c for c in children if c.info.lifecycle_stage == "deleted"]
+    assert all(c.data.tags.get("dropped") for c in dropped)
+    children = [c for c in children if c.info.lifecycle_stage == "active"]
+    names = [c.data.tags["trial_name"] for c in children]
     assert len(children) == 3 + 3 and len(set(names)) == 6, names
     for child in children:
         assert child.info.status == "FINISHED"
