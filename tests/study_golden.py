@@ -5,7 +5,8 @@ tests/golden/studies.json holds this for the five studies as they were defined i
 at commit 69c057f (their definitions as at 982cd10, apart from --data-dir now reaching fed_lpfm's and
 fedpurel's smoke profiles), before they became study files; test_study_files.py checks that the
 files plan exactly the same. (Smoke launches at 982cd10 and after the change gave identical trials.)
-Re-recorded on purpose since: fairness_paradox's local profile, re-sized for 2 CPU cores (issue 16).
+Re-recorded on purpose since: fairness_paradox's local profile, re-sized for 2 CPU cores (issue 16), twice
+(the second time to 24 tokens and 7 MiniLM steps, to fit 90 minutes with --controls).
 
     python -m tests.study_golden > tests/golden/studies.json   # only to re-record, on purpose
 """
