@@ -23,6 +23,7 @@ failed trial is one line naming its cell and its error file (the full traceback 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -372,6 +373,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
     with trials unfinished (Ctrl-C), with its state saved for --resume."""
     from fedcore.tune import trainable_for
     from sweeps.schedule import CellScheduler, CellSearch, ran_all_rounds
+    from sweeps.storage import StorageWatch
     from sweeps.tracking import TrialTracker
 
     cells = cell_plans(entries)
@@ -392,11 +394,18 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                callbacks=[Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
+                # a resume needs a trial's latest checkpoint only; keeping every round's took 11 GB in
+                # fairness_paradox's local launch
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[StorageWatch(tune_dir), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
                                         {e["name"]: data_tags(e["data"]) for e in entries}, outbox_dir=tune_dir)]))
     grid = tuner.fit()
+    import sweeps.storage as storage_mod
+
+    if storage_mod.stopped:  # its trials stopped mid-write: some have no result to read (main says why)
+        raise Interrupted(path)
     results = list(grid)
     if args.resume:
         from sweeps.tracking import drop_phantom_runs
@@ -627,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
             from fedcore.paths import writable_dir
 
             writable_dir(storage, "--storage")
+            from sweeps.storage import storage_problem
+
+            problem = storage_problem(storage)
+            if problem:
+                raise ValueError(f"--storage {storage}: {problem}; free some space or pick another --storage")
         study, profile, entries, resources = prepare(args)
         check_tracking_uri(tracking_uri)
         check_address(args.address)
@@ -682,7 +696,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    import sweeps.storage as storage_mod
     from sweeps.tracking import mark_abandoned, reopen_run, start_parent_run, summarize_launch
+
+    storage_mod.stopped = None  # (main may run more than once in a process: the tests)
 
     # Tune's own tables would bury the progress lines below; verbose=0 silences them only with this
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -731,6 +748,10 @@ def main(argv: list[str] | None = None) -> int:
             status = "UNRECORDED"
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
+    except OSError as e:  # Tune's own state save, when the storage failed between two looks of StorageWatch
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise
+        status, storage_mod.stopped = "KILLED", storage_mod.stopped or f"cannot write there ({e.strerror})"
     except ValueError as e:  # the cluster cannot place a trial (wait_until_placeable)
         if parent is not None:
             raise
@@ -749,6 +770,12 @@ def main(argv: list[str] | None = None) -> int:
     if status == "KILLED" and parent is None:
         print("\ninterrupted before the launch began; nothing ran, nothing to resume", file=sys.stderr)
         return 130
+    if status == "KILLED" and storage_mod.stopped:
+        resume = argv if "--resume" in argv else [*argv, "--resume"]
+        return fail(f"storage {tune_dir}: {storage_mod.stopped}. The launch stopped after "
+                    f"{time.perf_counter() - t0:.0f}s with its state saved (finished trials are kept, running ones "
+                    f"continue from their last checkpoint); free space or make it writable, then: {command(resume)}",
+                    code=1)
     if status == "KILLED":
         resume = argv if "--resume" in argv else [*argv, "--resume"]
         print(f"\ninterrupted after {time.perf_counter() - t0:.0f}s; the state is saved under {tune_dir}.\n"

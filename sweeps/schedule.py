@@ -87,11 +87,17 @@ class NSGAII(optuna.samplers.NSGAIISampler):
         self._thread_lock = threading.Lock()
 
 
+def say(message: str) -> None:
+    """print, by a name that pickles: Ray swaps builtins.print for its own once a worker shows a
+    progress bar, and a searcher holding the old print can then no longer be saved."""
+    print(message)
+
+
 class CellSearch(Searcher):
     """Per-cell Optuna searches, then per-cell seed re-runs, as one stream of suggestions."""
 
     def __init__(self, cells: list[CellPlan], num_samples: int, seeds: int, objectives: tuple[str, ...],
-                 sampler_seed: int = 0, max_concurrent: int = 2, log: Callable[[str], None] = print,
+                 sampler_seed: int = 0, max_concurrent: int = 2, log: Callable[[str], None] = say,
                  scheduler: "CellScheduler | None" = None):
         super().__init__(metric=objectives[0], mode="max")
         # Tune checkpoints searchers but not schedulers: the searcher carries its scheduler's ASHA

@@ -172,3 +172,76 @@ def test_sigterm_then_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_
     assert report.returncode == 0, report.stderr[-3000:]
     table = (tmp_path / "report" / "table.txt").read_text()
     assert "fedavg" in table and "3 runs checked" in table  # the 3 seed runs, each once
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 GiB tmpfs of its own (root only): a disk this test can fill and make read-only."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(disk)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"needs to mount a tmpfs (root): {made.stderr.strip() or made.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_disk_filled_mid_launch_stops_it_resumably_and_a_read_only_one_is_refused(tmp_path, small_disk):
+    """The storage fills up while trials run: the launch stops with its state saved and one line
+    (exit 1); resumed on the storage made read-only, it is refused in one line (exit 2); resumed once
+    it takes writes again, it finishes with every trial's rounds once and one FINISHED run each."""
+    import json
+    import shutil
+
+    from sweeps.storage import MIN_FREE_MB
+
+    db = tmp_path / "mlflow.db"
+    args = [sys.executable, "-m", "sweeps.launch", "fairness_paradox", "--cells", "textcnn-a0.1-fedavg$",
+            "--num-samples", "3", "--seeds", "3", "--max-concurrent", "2", "--storage", str(small_disk / "runs"),
+            "--tracking-uri", f"sqlite:///{db}"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: list[str] = []
+    _until_done(first, 1, seen)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # leave less than the launch keeps free, but room for Tune's last save
+        f.truncate(0)
+        f.write(b"\0" * int(shutil.disk_usage(small_disk).free - (MIN_FREE_MB - 50) * 2**20))
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 1, (out[-2000:], err[-3000:])
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: storage ") and "MiB free" in last and last.endswith("--resume"), last
+    _, parents, _ = _mlflow(db)
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    refused = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "--storage" in refused.stderr and "Read-only file system" in refused.stderr.strip().splitlines()[-1]
+
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = list((small_disk / "runs").glob("*/trials/*/result.json"))
+    assert len(results) == 6
+    for path in results:  # nothing lost or repeated: each trial's rounds once, in order
+        rounds = [json.loads(line)["round"] for line in path.read_text().splitlines() if line.strip()]
+        assert rounds == list(range(1, len(rounds) + 1)), (path.parent.name, rounds)
+    client, parents, children = _mlflow(db)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    children = [c for c in children if c.info.lifecycle_stage == "active"]
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_storage_problem_says_what_is_wrong(tmp_path):
+    from sweeps.storage import storage_problem
+
+    assert storage_problem(str(tmp_path / "not" / "yet" / "runs")) is None  # made by the launch
+    assert storage_problem("s3://bucket/runs") is None  # not this machine's to check
+    assert storage_problem(str(tmp_path), min_free_mb=1e9).endswith(
+        "MiB free, below the 1000000000 MiB a launch keeps for its checkpoints and state")
+    (tmp_path / "f").write_text("x")
+    assert storage_problem(str(tmp_path / "f" / "runs")) == f"{tmp_path / 'f'} is a file, not a folder"

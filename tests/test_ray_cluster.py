@@ -1,26 +1,29 @@
 """A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster: a head and a worker node,
-each its own raylet with one CPU), every node on 127.0.0.1, token authentication on, the dashboard
-on 127.0.0.1: the launch places trials on both nodes, `ray job submit` runs the same study through
-the dashboard, and a node killed mid-launch has its trials continued elsewhere from their
-checkpoints. What sweeps/cluster/README.md says was run here."""
+each its own gcs_server/raylet processes with one CPU), every node on 127.0.0.1, token
+authentication on, the dashboard on 127.0.0.1: the launch places trials on both nodes, `ray job
+submit` runs the same study through the dashboard, and a node killed mid-launch has its trials
+continued elsewhere from their checkpoints. What sweeps/cluster/README.md says was run here.
+
+Binding 127.0.0.1: Ray turns a loopback --node-ip-address into the machine's outward address (it
+assumes a cluster spans machines) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with that set
+its CLI refuses to start a second node; ray.cluster_utils.Cluster starts the same node processes
+without that refusal."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-# Not passing yet: the head that ray.cluster_utils.Cluster starts here advertises its GCS on another
-# interface (192.0.2.x) despite node_ip_address 127.0.0.1, and a launch cannot join it. Next: start
-# the nodes with `ray start --head --node-ip-address 127.0.0.1` in their own process groups instead.
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="the local cluster's head does not bind 127.0.0.1 yet "
-                                                      "(see the comment above); sweeps/cluster/README.md")]
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["fairness_paradox", "--cells", "textcnn-a0.1-fedavg$", "--max-concurrent", "2", "--cpus-per-trial", "1"]
 
@@ -35,21 +38,32 @@ def _free_port() -> int:
 def cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
-    # every process below (nodes, launches, the job CLI) inherits the token
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0"})
+    from ray._private import ray_constants
+
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED", ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    saved = {k: os.environ.get(k) for k in keys}
+    # every process below (nodes, launches, the job CLI) inherits the token and the loopback binding
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex, "RAY_USAGE_STATS_ENABLED": "0",
+                       ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"})
+    # this process read that flag when ray was first imported
+    was_cluster, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     _reread_auth()
     dashboard = _free_port()
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": dashboard})
-    worker = c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    # its own session folder, as on another machine: sharing the head's, its runtime-env agent deletes
+    # a `ray job submit` working dir that the head's job driver runs in
+    worker_tmp = tempfile.mkdtemp(prefix="rayw", dir="/tmp")  # short: raylet socket paths are limited
+    worker = c.add_node(num_cpus=1, node_ip_address="127.0.0.1", temp_dir=worker_tmp)
     c.wait_for_nodes()
     try:
         yield {"cluster": c, "address": c.address, "dashboard": f"http://127.0.0.1:{dashboard}", "worker": worker,
                "head_id": c.head_node.node_id, "tmp": tmp_path_factory.mktemp("cluster")}
     finally:
         c.shutdown()
+        shutil.rmtree(worker_tmp, ignore_errors=True)
+        ray_constants.ENABLE_RAY_CLUSTER = was_cluster
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         _reread_auth()
@@ -105,7 +119,7 @@ def test_ray_job_submit_runs_the_study_into_the_same_store(cluster):
     out = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
                           "--", sys.executable, "-m", "sweeps.launch", *args, "--address", "auto"],
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert out.returncode == 0, out.stdout[-4000:] + "\n" + out.stderr[-2000:]
     assert "finished in" in out.stdout and "succeeded" in out.stdout.lower()
     children = _children(db)
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
