@@ -394,9 +394,6 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                # a resume needs a trial's latest checkpoint only; keeping every round's took 11 GB in
-                # fairness_paradox's local launch
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[StorageWatch(tune_dir), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
