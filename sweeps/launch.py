@@ -38,6 +38,7 @@ from typing import Any
 from ray import tune
 
 from search_spaces.distributions import format_distribution
+import sweeps.storage as storage_mod
 from sweeps.guards import LaunchLock, check_address, check_resources, stop_like_ctrl_c, wait_until_placeable
 from sweeps.schedule import CELL, STAGE
 
@@ -373,7 +374,6 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
     with trials unfinished (Ctrl-C), with its state saved for --resume."""
     from fedcore.tune import trainable_for
     from sweeps.schedule import CellScheduler, CellSearch, ran_all_rounds
-    from sweeps.storage import StorageWatch
     from sweeps.tracking import TrialTracker
 
     cells = cell_plans(entries)
@@ -394,13 +394,11 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                callbacks=[StorageWatch(tune_dir), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
+                callbacks=[storage_mod.StorageWatch(tune_dir), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
                                         {e["name"]: data_tags(e["data"]) for e in entries}, outbox_dir=tune_dir)]))
     grid = tuner.fit()
-    import sweeps.storage as storage_mod
-
     if storage_mod.stopped:  # its trials stopped mid-write: some have no result to read (main says why)
         raise Interrupted(path)
     results = list(grid)
@@ -633,9 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             from fedcore.paths import writable_dir
 
             writable_dir(storage, "--storage")
-            from sweeps.storage import storage_problem
-
-            problem = storage_problem(storage)
+            problem = storage_mod.storage_problem(storage)
             if problem:
                 raise ValueError(f"--storage {storage}: {problem}; free some space or pick another --storage")
         study, profile, entries, resources = prepare(args)
@@ -693,7 +689,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    import sweeps.storage as storage_mod
     from sweeps.tracking import mark_abandoned, reopen_run, start_parent_run, summarize_launch
 
     storage_mod.stopped = None  # (main may run more than once in a process: the tests)
@@ -746,9 +741,12 @@ def main(argv: list[str] | None = None) -> int:
     except (Interrupted, KeyboardInterrupt):
         status = "KILLED"
     except OSError as e:  # Tune's own state save, when the storage failed between two looks of StorageWatch
-        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        # (only where the storage itself now says so: another file refused is not the storage's fault)
+        problem = storage_mod.storage_problem(tune_dir) if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                                                                       errno.EACCES) else None
+        if problem is None:
             raise
-        status, storage_mod.stopped = "KILLED", storage_mod.stopped or f"cannot write there ({e.strerror})"
+        status, storage_mod.stopped = "KILLED", storage_mod.stopped or problem
     except ValueError as e:  # the cluster cannot place a trial (wait_until_placeable)
         if parent is not None:
             raise
