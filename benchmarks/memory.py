@@ -4,8 +4,9 @@ their data), and resident memory over 100 sequential trials in one driver (it sh
 Each measurement runs in a fresh subprocess: `python -m benchmarks.memory clients N` runs two W1
 rounds with N clients and prints the process's peak RSS; `python -m benchmarks.memory trials N` runs
 N small TextCNN federations one after another and prints RSS after the 10th and the last;
-`python -m benchmarks.memory driver N` runs N trials through Tune and the MLflow tracker and prints
-the driver's RSS after the 10th and the last.
+`python -m benchmarks.memory driver N` runs N trials through Tune and the MLflow tracker, as a launch
+does, and prints the driver's RSS after the 10th and the last (`driver-untrimmed N`: the same without
+sweeps.trim.TrimFinished, to see what it saves).
 """
 from __future__ import annotations
 
@@ -58,10 +59,10 @@ def _trials(n: int) -> None:
     print(*marks)
 
 
-def _driver(n: int) -> None:
+def _driver(n: int, trim: bool = True) -> None:
     """n small trials through Tune in this driver, as a launch runs them (one trainable for every trial,
-    actors reused, the MLflow tracker on a sqlite store); the driver's RSS after the 10th and the last
-    trial ends: what a long launch would creep by."""
+    actors reused, the MLflow tracker on a sqlite store, sweeps.trim's TrimFinished unless `trim` is
+    False); the driver's RSS after the 10th and the last trial ends: what a long launch would creep by."""
     import tempfile
 
     import ray
@@ -69,6 +70,7 @@ def _driver(n: int) -> None:
 
     from fedcore.tune import trainable_for
     from sweeps.tracking import TrialTracker, start_parent_run
+    from sweeps.trim import TrimFinished
 
     class Rss(tune.Callback):
         def __init__(self):
@@ -91,7 +93,7 @@ def _driver(n: int) -> None:
                    param_space={"_base": base, "_cell": "c", "_stage": "tune", "seed": tune.grid_search(list(range(n)))},
                    tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
                    run_config=tune.RunConfig(storage_path=d, name="trials", verbose=0,
-                                             callbacks=[rss, TrialTracker(uri, "mem", parent, outbox_dir=d)])).fit()
+                                             callbacks=[*([TrimFinished()] if trim else []), rss, TrialTracker(uri, "mem", parent, outbox_dir=d)])).fit()
         ray.shutdown()
     print(*rss.marks)
 
@@ -111,18 +113,23 @@ def run(quick: bool, log=print) -> tuple[list[Row], dict[str, float]]:
     trials = 30 if quick else 100
     log(f"MEM: RSS over {trials} sequential trials in one process")
     after10, after_all = _sub("trials", str(trials))
-    log(f"MEM: the Tune driver's RSS over {trials} trials (MLflow tracker on)")
-    driver10, driver_all = _sub("driver", str(trials))
+    log(f"MEM: the Tune driver's RSS over {trials} trials after the 10th (MLflow tracker on), and without TrimFinished")
+    driver10, driver_all = _sub("driver", str(trials + 10))
+    untrimmed10, untrimmed_all = _sub("driver-untrimmed", str(trials + 10))
     rows = [Row("MEM", f"W1 engine, {small} clients", [], None, rss_small),
             Row("MEM", f"W1 engine, {large} clients", [], None, rss_large, "same data, 4x the clients"),
             Row("MEM", f"{trials} trials in one process", [], None, after_all,
                 f"RSS {after10:.0f} MB after trial 10, {after_all:.0f} MB after trial {trials}"),
             Row("MEM", f"{trials} trials, Tune driver", [], None, driver_all,
-                f"driver RSS {driver10:.0f} MB after trial 10, {driver_all:.0f} MB after trial {trials}")]
+                f"driver RSS {driver10:.0f} MB after trial 10, {driver_all:.0f} MB after trial {trials + 10}"),
+            Row("MEM", f"{trials} trials, Tune driver, untrimmed", [], None, untrimmed_all,
+                f"without TrimFinished: {untrimmed10:.0f} MB after trial 10, {untrimmed_all:.0f} MB after trial {trials + 10}")]
     return rows, {"MEM clients x4": rss_large / rss_small, f"MEM {trials} trials": after_all / after10,
-                  f"MEM driver {trials} trials": driver_all / driver10}
+                  f"MEM driver {trials} trials": driver_all / driver10,
+                  f"MEM driver {trials} trials untrimmed": untrimmed_all / untrimmed10}
 
 
 if __name__ == "__main__":
     kind, n = sys.argv[1], int(sys.argv[2])
-    {"clients": _clients, "trials": _trials, "driver": _driver}[kind](n)
+    {"clients": _clients, "trials": _trials, "driver": _driver,
+     "driver-untrimmed": lambda k: _driver(k, trim=False)}[kind](n)

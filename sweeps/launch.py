@@ -37,10 +37,12 @@ from typing import Any
 
 from ray import tune
 
+from fedcore.metrics import BALANCEDNESS, LABELS, SUMMARY_KEYS, WORST_CLIENT_ACC
 from search_spaces.distributions import format_distribution
 import sweeps.storage as storage_mod
 from sweeps.guards import LaunchLock, check_address, check_resources, stop_like_ctrl_c, wait_until_placeable
 from sweeps.schedule import CELL, STAGE
+from sweeps.trim import TrimFinished
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,7 +286,7 @@ class Progress(tune.Callback):
     so far, and how far the launch is (trials ended of those planned, time, an estimate of what is
     left)."""
 
-    def __init__(self, rounds: dict[str, int], objectives: tuple[str, ...] = ("worst_client_acc", "balancedness"),
+    def __init__(self, rounds: dict[str, int], objectives: tuple[str, ...] = (WORST_CLIENT_ACC, BALANCEDNESS),
                  planned: int = 0):
         self.rounds, self.objectives, self.best, self.planned = rounds, objectives, {}, planned
         self._clock()
@@ -354,8 +356,7 @@ def last_line(text: str) -> str:
 
 
 # the words of the result table and the reports
-SHORT = {"worst_client_acc": "worst acc", "balancedness": "balancedness", "mean_client_acc": "mean acc",
-         "global_acc": "global acc"}
+SHORT = LABELS
 TRIALS = "trials"  # the launch's one Tune experiment, under its tune_dir
 
 
@@ -394,7 +395,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                callbacks=[storage_mod.StorageWatch(tune_dir), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
+                callbacks=[storage_mod.StorageWatch(tune_dir), TrimFinished(), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
                                         {e["name"]: data_tags(e["data"]) for e in entries}, outbox_dir=tune_dir)]))
@@ -446,13 +447,13 @@ def cell_row(entry, seeded) -> dict[str, Any]:
     chosen = {k: v for k, v in seeded[0].config.items() if k in entry["space"]}
     finals = [r.metrics for r in seeded]
     row: dict[str, Any] = {"cell": entry["name"], **entry["cell"], "best": chosen, "seeds": len(finals)}
-    for key in ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc"):
+    for key in SUMMARY_KEYS:
         row[key + "_stat"] = mean_sd(m.get(key) for m in finals)  # (mean, sd) with .n and the 95% interval
         row[key], row[key + "_sd"] = row[key + "_stat"]
     return row
 
 
-def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc", protocol: str = "") -> str:
+def format_table(rows: list[dict[str, Any]], objective: str = WORST_CLIENT_ACC, protocol: str = "") -> str:
     """The launch's result table, in percent, with the metric words of the reports; `protocol`, the
     cells' eval protocol(s), is named under it."""
     from sweeps.report_common import INTERVAL_NOTE, pm, pm_head
@@ -474,7 +475,7 @@ def format_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc"
     return "\n".join(lines)
 
 
-def print_table(rows: list[dict[str, Any]], objective: str = "worst_client_acc", protocol: str = "") -> None:
+def print_table(rows: list[dict[str, Any]], objective: str = WORST_CLIENT_ACC, protocol: str = "") -> None:
     print("\n" + format_table(rows, objective, protocol))
 
 

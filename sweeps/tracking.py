@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from fedcore.metrics import SUMMARY_KEYS
 from sweeps.report_common import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,6 +244,7 @@ class TrialTracker(MLflowLoggerCallback):
         self.outbox = Outbox(tracking_uri, outbox_dir)
         self._run_ids: dict[str, str] = {}  # trial name -> its run
         self._last_step: dict[str, int] = {}  # run -> the last round it holds
+        self._stages: dict[str | None, dict[str, Any]] = {}  # stage -> what the store holds of it (_stage)
 
     @property
     def client(self):
@@ -254,7 +256,7 @@ class TrialTracker(MLflowLoggerCallback):
 
     def __getstate__(self):
         # the tuner pickles its callbacks; a client (a store with a database engine) stays behind
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_stages": {}}
 
     def setup(self, *args, **kwargs):
         # Ray's setup asks the store for the experiment; a store that is down now is the outbox's
@@ -300,19 +302,27 @@ class TrialTracker(MLflowLoggerCallback):
             if not token:
                 return runs
 
-    def _existing_run(self, trial, runs: list):
-        for run in runs:  # the trial_name tag finds a resumed trial's run
-            if run.data.tags.get("trial_name") == str(trial) and run.info.lifecycle_stage == "active":
-                return run
-        return None
+    def _stage(self, stage: str | None) -> dict[str, Any]:
+        """The stage's runs as the store held them when this driver first asked, kept up to date here
+        since (a launch has one driver: it holds the lock): "taken", how many numbers are taken
+        (deleted runs keep theirs), and "active", trial name -> the run of each active one. Searching
+        the store at every trial start instead costs time and memory that grow with the launch."""
+        if stage not in self._stages:
+            active: dict[str, str] = {}
+            runs = self._stage_runs(stage)
+            for run in runs:  # the trial_name tag finds a resumed trial's run
+                if run.info.lifecycle_stage == "active":
+                    active.setdefault(run.data.tags.get("trial_name"), run.info.run_id)
+            self._stages[stage] = {"taken": len(runs), "active": active}
+        return self._stages[stage]
 
     def _run_of(self, op: dict[str, Any]) -> str | None:
         """The run of the op's trial: this driver's, else the one an earlier driver opened."""
         name = op["trial"]
         if name not in self._run_ids:
-            run = self._existing_run(name, self._stage_runs(op.get("stage")))
-            if run is not None:
-                self._run_ids[name] = run.info.run_id
+            run_id = self._stage(op.get("stage"))["active"].get(name)
+            if run_id is not None:
+                self._run_ids[name] = run_id
         return self._run_ids.get(name)
 
     def apply(self, op: dict[str, Any]) -> None:
@@ -326,9 +336,12 @@ class TrialTracker(MLflowLoggerCallback):
             else:
                 exp = self.client.get_experiment_by_name(self.experiment_name)
                 exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment_name)
-                name = child_run_name(op["name"], len(self._stage_runs(op.get("stage"))) + 1) or op["trial"]
+                stage = self._stage(op.get("stage"))
+                name = child_run_name(op["name"], stage["taken"] + 1) or op["trial"]
                 run_id = self.client.create_run(exp_id, tags=op["tags"], run_name=name).info.run_id
-                self._run_ids[op["trial"]], logged = run_id, {}
+                stage["taken"] += 1
+                stage["active"][op["trial"]] = self._run_ids[op["trial"]] = run_id
+                logged = {}
             log_params(self.client, run_id, op["params"], logged)
             # a trial restored from its checkpoint reports again the rounds it ran after that checkpoint
             # (killed driver or worker): those rounds are in the run already, once is enough
@@ -481,7 +494,6 @@ def log_params(client, run_id: str, config: dict[str, Any], logged: dict[str, st
         client.log_batch(run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
 
-SUMMARY_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc")
 
 
 def summary_metric_name(cell: str, key: str) -> str:

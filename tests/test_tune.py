@@ -1,5 +1,5 @@
 """Real Ray Tune runs (local cluster, 2 CPUs) of the fedcore trainables: one Ray session for the
-module, two Tune runs."""
+module; the launch's TrimFinished callback (sweeps/trim.py) rides along."""
 import math
 import sys
 
@@ -9,6 +9,7 @@ from ray import tune
 
 from fedcore.federation import Federation
 from fedcore.tune import register_all, run_config_of, run_trial
+from sweeps.trim import TrimFinished
 
 BASE = {"data": {"source": "synthetic:topics?n=240&test=60", "max_len": 16, "vocab_size": 300},
         "model": {"name": "textcnn", "embed_dim": 8, "num_filters": 4},
@@ -49,6 +50,16 @@ def same_metrics(reported: dict, direct: dict):
         assert (math.isnan(value) and math.isnan(got)) or got == value, key
 
 
+class StepWindows(tune.Callback):
+    """How many metrics' deques the driver holds for each trial as it completes."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.sizes.append(len(trial.run_metadata.metric_n_steps))
+
+
 def test_trainables_report_every_round_and_divergence_ends_quietly(tmp_path):
     names = register_all()
     assert {"fedavg", "fedprox", "fedavgw", "fedit"} <= set(names)
@@ -56,9 +67,13 @@ def test_trainables_report_every_round_and_divergence_ends_quietly(tmp_path):
         "fedavg",
         param_space={"_base": BASE, "optimizer.lr": tune.grid_search([0.05, 1e30]), "optimizer.momentum": 0.0},
         tune_config=tune.TuneConfig(max_concurrent_trials=2),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t1", verbose=0),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t1", verbose=0,
+                                  callbacks=[windows_before := StepWindows(), TrimFinished(), windows_after := StepWindows()]),
     )
     grid = tuner.fit()
+    # the driver kept each finished trial's metric deques until TrimFinished dropped them
+    assert len(windows_before.sizes) == 2 and min(windows_before.sizes) >= 30
+    assert windows_after.sizes == [0, 0]
     assert grid.num_errors == 0  # the diverged trial ended cleanly
     by_lr = {r.config["optimizer.lr"]: r for r in grid}
     good, bad = by_lr[0.05], by_lr[1e30]
@@ -100,8 +115,8 @@ def test_crashed_trial_restores_from_checkpoint_and_matches(tmp_path):
     tuner = tune.Tuner(
         flaky,
         param_space={"_base": BASE, "_checkpoint_every": 1, "_marker": str(marker), "optimizer.lr": 0.05},
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t2", verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t2", verbose=0, callbacks=[TrimFinished()],
+                                  failure_config=tune.FailureConfig(max_failures=1)),  # trims nothing of the errored try
     )
     grid = tuner.fit()
     assert marker.exists(), "the failure was injected"
