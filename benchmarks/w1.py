@@ -46,12 +46,12 @@ class BareFedAvg:
     per client, tensors sliced by index, global test accuracy every 5 rounds."""
 
     def __init__(self, fed):
-        from fedcore.executors import derive_seed
+        from fedcore.seeds import Purpose, derive_seed
         from fedcore.models.textcnn import TextCNN
 
-        self.fed, self.derive_seed = fed, derive_seed
+        self.fed, self.derive_seed, self.purpose = fed, derive_seed, Purpose
         m = fed.cfg.model
-        torch.manual_seed(derive_seed(SEED, 0, 0, 2))  # the seed the engine initialises its model with
+        torch.manual_seed(derive_seed(SEED, 0, 0, Purpose.MODEL_INIT))  # the seed the engine initialises its model with
         self.model = TextCNN(fed.data.vocab_size, fed.data.num_classes, m.embed_dim, m.num_filters,
                              tuple(m.kernel_sizes), m.dropout)
         self.global_state = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -67,7 +67,7 @@ class BareFedAvg:
             self.model.train()
             opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
             # the engine's per-client seed, so shuffling and dropout match it draw for draw
-            seed = self.derive_seed(SEED, round_, k, 1)
+            seed = self.derive_seed(SEED, round_, k, self.purpose.LOCAL_TRAINING)
             torch.manual_seed(seed)
             idx = torch.as_tensor(self.fed.data.client_train[k])
             order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]

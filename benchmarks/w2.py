@@ -42,7 +42,7 @@ def make(executor: str, steps: int, model: str = "minilm-l6", device: str = "cpu
 
 def equality(steps: int) -> float:
     """Max |sequential - batched| over every client's updated tensors after one round, dropout off."""
-    from fedcore.batched import BatchedLoRAExecutor
+    from fedcore.executors import BatchedLoRAExecutor
 
     fed = make("sequential", min(steps, 4), dropout=0.0, max_train=2000)
     cohort = fed.sample_clients(1)

@@ -1,4 +1,4 @@
-"""Aligning a fine-tuned model with its zero-shot prior (FedPuReL, METHODS.md 3.4 and 3.5).
+"""Aligning a fine-tuned model with its zero-shot prior (FedPuReL, docs/methods.md "FedPuReL").
 
 Temperature-aligned KL (TKL). A fine-tuned model's logits f and the zero-shot logits z of a sample
 are softened to the same entropy before they are compared, so that the comparison measures how the

@@ -309,7 +309,7 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**32)
     device: str = "cpu"
     torch_threads: int | None = Field(None, ge=1)
-    # how a cohort's local updates run (fedcore/executors.py): one client after another on the resident
+    # how a cohort's local updates run (fedcore/executors/): one client after another on the resident
     # model, or (LoRA with the plain local update) every client's adapter over the frozen base in one
     # pass; auto measures both once per model, device and batch shape (cached) and takes the faster.
     # Pin it for bit-for-bit reproducibility across machines: the two differ in rounding and dropout masks

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 
 from fedcore.config import RunConfig
-from fedcore.data import FederatedData, load_federated, take
-from fedcore.executors import choose_executor, derive_seed, load_state, snapshot
+from fedcore.assembly import load_data
+from fedcore.data import FederatedData, take
+from fedcore.executors import choose_executor
+from fedcore.params import load_state, snapshot
+from fedcore.seeds import Purpose, derive_seed
 from fedcore.local import DivergedError, autocast, make_optimizer
 from fedcore.methods import get_method
 from fedcore.alignment import tkl
 from fedcore.methods.base import client_state
-from fedcore.metrics import (CLASS_KEYS, CLIENT_KEYS, GLOBAL_CLIENT_KEYS, LOCAL_KEYS, TEACHER_KEYS, class_summary,
-                             client_accuracies, client_summary, domain_summary, local_class_summary,
-                             lora_round_metrics, teacher_summary)
+from fedcore.metrics import (class_summary, client_accuracies, client_summary, domain_summary, local_class_summary,
+                             lora_round_metrics, placeholder_row, teacher_summary)
 from fedcore.models import build_model, count_params, is_transformer
 from fedcore.ranks import client_ranks
 
@@ -47,10 +49,10 @@ class Federation:
         self.cfg = cfg
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        self.data = data if data is not None else load_federated(cfg)
+        self.data = data if data is not None else load_data(cfg)
         self.method = get_method(cfg.method.name, cfg.method.params)
         self.method.seed = cfg.seed
-        torch.manual_seed(derive_seed(cfg.seed, 0, 0, 2))  # model initialisation
+        torch.manual_seed(derive_seed(cfg.seed, 0, 0, Purpose.MODEL_INIT))
         self.model = self.method.build_model(lambda: build_model(
             cfg.model, self.data.num_classes, self.data.vocab_size, self.data.in_features,
             self.data.class_names)).to(cfg.device)
@@ -82,23 +84,16 @@ class Federation:
 
     def nan_eval_metrics(self) -> dict[str, float]:
         """The evaluation keys, all NaN: what rounds before the first evaluation report."""
-        keys = [*CLASS_KEYS, *CLIENT_KEYS, *LOCAL_KEYS, "balanced_acc", "clients_without_test", "num_eval_clients"]
-        keys += [f"class_acc/{c}" for c in range(self.data.num_classes)]
-        keys += [f"client_acc/{k}" for k in self.data.client_ids]
-        if self.data.domain_names:
-            keys += ["domain_avg_acc", *(f"domain_acc/{n}" for n in self.data.domain_names)]
-        if "teacher_logits" in self.data.test_inputs:
-            keys += [*TEACHER_KEYS, "tkl_to_zero_shot", *(f"teacher_class_acc/{c}" for c in range(self.data.num_classes))]
-        if self.method.personalizes:
-            keys += GLOBAL_CLIENT_KEYS
-        return dict.fromkeys(keys, math.nan)
+        d = self.data
+        return placeholder_row(d.num_classes, d.client_ids, d.domain_names, "teacher_logits" in d.test_inputs,
+                               self.method.personalizes)
 
     # --- one round ---------------------------------------------------------------------------
     def sample_clients(self, round_: int) -> list[int]:
         n, m = self.data.num_clients, self.cfg.clients_per_round
         if m is None or m >= n:
             return list(range(n))
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, round_, 0, 3))
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, round_, 0, Purpose.COHORT))
         return sorted(rng.choice(n, size=m, replace=False).tolist())
 
     def run_round(self) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Metrics with the definitions pinned in DESIGN.md (accuracies are fractions in [0, 1]).
+"""Metrics with the definitions of docs/metrics.md (accuracies are fractions in [0, 1]).
 
 Client level (over ALL clients, not only this round's cohort): acc_k on client k's test split;
 mean_client_acc (unweighted mean), worst_client_acc (min), gap = mean - worst, spread = best -
@@ -28,20 +28,151 @@ model's mean and worst client accuracy on the same splits.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-CLIENT_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "spread", "client_acc_std",
-               "bottom10_client_acc", "best_client_acc")
-CLASS_KEYS = ("global_acc", "balancedness", "balance_ratio", "many_acc", "medium_acc", "few_acc")
-# class accuracy over all clients' test splits pooled (each client's prediction by the evaluated model)
-LOCAL_KEYS = ("local_balancedness", "local_many_acc", "local_medium_acc", "local_few_acc")
-# the zero-shot baseline row: the teacher on the global test set and on the clients' test splits
-TEACHER_KEYS = ("teacher_acc", "teacher_balancedness", "teacher_many_acc", "teacher_medium_acc", "teacher_few_acc",
-                "teacher_mean_client_acc", "teacher_worst_client_acc", *(f"teacher_{k}" for k in LOCAL_KEYS))
-# a personalizing method: the global model alone on the clients' test splits
-GLOBAL_CLIENT_KEYS = ("gm_mean_client_acc", "gm_worst_client_acc")
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of docs/metrics.md: the keys it covers (space-separated in the schema; `<c>`, `<k>`,
+    `<d>` and `<m>` stand for one key per class, client, domain and rank partition), the table it is
+    in, its definition, and for the metrics a sweep may rank trials by, which way is better."""
+    keys: tuple[str, ...]
+    group: str
+    definition: str
+    method: str | None = None  # the method that reports it (group "method")
+    better: str | None = None  # "higher" (allowed as an objective) or "lower"
+    label: str | None = None  # its short name in tables, plots and the console
+
+    def __init__(self, keys: str, group: str, definition: str, method: str | None = None, better: str | None = None,
+                 label: str | None = None):
+        for name, value in (("keys", tuple(keys.split())), ("group", group), ("definition", definition),
+                            ("method", method), ("better", better), ("label", label)):
+            object.__setattr__(self, name, value)
+
+
+# Every metric a run reports, declared once: evaluation, the placeholder row of the rounds before the
+# first evaluation, the objectives a study may name and docs/metrics.md's tables all come from here.
+# A new metric is one entry here plus the function that computes it.
+SCHEMA: tuple[Metric, ...] = (
+    Metric('mean_client_acc', 'client', 'unweighted mean of acc_k over all clients that have a test split', better="higher", label="mean acc"),
+    Metric('worst_client_acc', 'client', 'min_k acc_k', better="higher", label="worst acc"),
+    Metric('gap', 'client', "`mean_client_acc` − `worst_client_acc`: the FM Fairness Paradox paper's worst-client gap (mean minus worst, not best minus worst)", better="lower", label="gap"),
+    Metric('best_client_acc', 'client', 'max_k acc_k'),
+    Metric('spread', 'client', 'best − worst', better="lower"),
+    Metric('client_acc_std', 'client', 'population standard deviation of acc_k', better="lower"),
+    Metric('bottom10_client_acc', 'client', 'mean of the lowest ⌈10%⌉ of the acc_k (at least one client)'),
+    Metric('client_acc/<k>', 'client', 'acc_k of client k, under its number in the partition (numbers of dropped empty clients are skipped, not reused)'),
+    Metric('num_eval_clients', 'client', 'clients that have a test split'),
+    Metric('clients_without_test', 'client', 'clients whose test split is empty: left out of every metric above, and counted here'),
+    Metric('global_acc', 'class', 'accuracy on the global test set', better="higher", label="global acc"),
+    Metric('balanced_acc', 'class', 'mean of the class accuracies (equal to `global_acc` on a balanced test set)', better="higher"),
+    Metric('class_acc/<c>', 'class', "accuracy on the test samples of class c (c the class index, in the data's class order)"),
+    Metric('balancedness', 'class', "min over classes of the class accuracy: the worst class's accuracy", better="higher", label="balancedness"),
+    Metric('balance_ratio', 'class', 'min / max class accuracy (0 where the best class is at 0)', better="higher"),
+    Metric('many_acc', 'class', 'mean class accuracy over the classes whose training count is > `eval.many_min` (default 100)', better="higher"),
+    Metric('medium_acc', 'class', 'the same over the classes with a count in (`eval.few_max`, `eval.many_min`], default (20, 100]', better="higher"),
+    Metric('few_acc', 'class', 'the same over the classes with a count ≤ `eval.few_max` (default 20)', better="higher"),
+    Metric('local_balancedness', 'local', "the worst class's accuracy over the pooled client test splits", better="higher"),
+    Metric('local_many_acc', 'local', 'mean class accuracy of the Many classes over the same', better="higher"),
+    Metric('local_medium_acc', 'local', 'the same for the Medium classes', better="higher"),
+    Metric('local_few_acc', 'local', 'the same for the Few classes', better="higher"),
+    Metric('gm_mean_client_acc', 'personal', "mean over clients of the global model's accuracy on their test splits", better="higher"),
+    Metric('gm_worst_client_acc', 'personal', 'the minimum of the same', better="higher"),
+    Metric('teacher_acc', 'teacher', "the teacher's accuracy on the global test set"),
+    Metric('teacher_class_acc/<c>', 'teacher', 'its accuracy on class c'),
+    Metric('teacher_balancedness', 'teacher', 'its worst-class accuracy'),
+    Metric('teacher_many_acc teacher_medium_acc teacher_few_acc', 'teacher', 'its Many / Medium / Few accuracies, with the groups above'),
+    Metric('teacher_mean_client_acc teacher_worst_client_acc', 'teacher', "its mean and worst accuracy on the clients' test splits"),
+    Metric('teacher_local_balancedness teacher_local_many_acc teacher_local_medium_acc teacher_local_few_acc', 'teacher', "its pooled class metrics over the clients' test splits"),
+    Metric('tkl_to_zero_shot', 'teacher', "mean over the global test set of the temperature-aligned KL from the global model to the teacher (FedPuReL's analysis metric, KL(softmax(f/tau_f) ‖ softmax(z/tau_z)), [methods.md](methods.md#fedpurel))"),
+    Metric('domain_acc/<d>', 'domain', "accuracy on the global test set's samples of domain d (by name)"),
+    Metric('domain_avg_acc', 'domain', 'unweighted mean over domains: LoRA-FAIR\'s "Avg" column', better="higher"),
+    Metric('energy_shared', 'lora', 'share of the energy inside the smallest client rank, ρ_rmin'),
+    Metric('energy_outside_shared', 'lora', "1 − ρ_rmin: energy beyond the smallest rank (raFLoRA's measure of rank collapse)"),
+    Metric('energy_outside_shared_layer0', 'lora', 'the same for the first LoRA layer alone'),
+    Metric('energy_partition/<m>', 'lora', 'share in rank partition m, between consecutive distinct client ranks (m = 1 is the shared part, (0, r_min])'),
+    Metric('effective_rank', 'lora', 'exp of the entropy of the normalised σ_i², averaged over layers'),
+    Metric('round_energy_outside_shared', 'lora', "the share outside r_min of this round's increment of the global update alone (for FLoRA, the increment it merged)"),
+    Metric('comm_bytes_up', 'lora', "bytes the round's clients sent: their trainable tensors, LoRA factors counted only up to each client's rank"),
+    Metric('comm_bytes_down', 'lora', "bytes the server sent them: the previous global state, counted the same way at each receiver's rank"),
+    Metric('purified_fraction', 'method', 'share of (client, step, parameter tensor) task gradients that conflicted with the alignment gradient and were projected; sample-weighted over the cohort', method='fedpurel'),
+    Metric('cos_ideal_avg', 'method', "cosine of the plain average's product B̄Ā to the ideal update Σ p_k s_k B_k A_k, mean over layers", method='lora_fair'),
+    Metric('cos_ideal_corrected', 'method', "the same after the server's correction, (B̄ + ΔB)Ā", method='lora_fair'),
+    Metric('cos_Bprime_Bbar', 'method', 'cosine between the corrected and the plain B̄', method='lora_fair'),
+    Metric('server_objective_start server_objective_end server_steps_run', 'method', 'the server objective before and after its solve, and the steps it took', method='lora_fair'),
+    Metric('round', 'round', 'the round number, from 1'),
+    Metric('cohort_size', 'round', 'clients trained this round'),
+    Metric('train_loss', 'round', "the cohort's sample-weighted mean local task loss (FedProx's proximal term is not in it)"),
+    Metric('num_clients min_client_size max_client_size', 'round', 'active clients (after empty ones are dropped) and the smallest and largest training split'),
+    Metric('executor_batched', 'round', '1 where the round ran on the batched executor ([performance.md](performance.md#executors))'),
+    Metric('evaluated', 'round', '1 in a round that evaluated (see the conventions above)'),
+    Metric('seconds', 'round', 'wall time of the round, evaluation included'),
+    Metric('train_seconds', 'round', 'the part before evaluation: local training, aggregation and the LoRA figures'),
+    Metric('diverged', 'round', 'in Tune trials: 0, or 1 in the last report of a trial whose loss or aggregated weights stopped being finite (its accuracies are then NaN; the sweep goes on)'),
+)
+GROUPS = {"client": "Clients", "class": "Classes", "local": "Pooled over clients", "personal": "Personalization",
+          "teacher": "The zero-shot row", "domain": "Domains", "lora": "LoRA rounds", "method": "Method figures",
+          "round": "Round bookkeeping"}
+# the groups an evaluation reports, and which runs report each: every run, or those with a teacher,
+# with domains, with a personalizing method
+EVALUATED = {"client": "always", "class": "always", "local": "always", "teacher": "teacher", "domain": "domains",
+             "personal": "personalizes"}
+
+# the keys the code names
+WORST_CLIENT_ACC, MEAN_CLIENT_ACC, GAP, BALANCEDNESS, GLOBAL_ACC = (
+    "worst_client_acc", "mean_client_acc", "gap", "balancedness", "global_acc")
+# the headline figures a launch's table, its MLflow summary and the generic report lead with
+SUMMARY_KEYS = (MEAN_CLIENT_ACC, WORST_CLIENT_ACC, GAP, BALANCEDNESS, GLOBAL_ACC)
+
+
+def keys_of(group: str) -> tuple[str, ...]:
+    """The group's keys in schema order (families as written, e.g. "class_acc/<c>")."""
+    return tuple(k for m in SCHEMA if m.group == group for k in m.keys)
+
+
+def scalar_keys(group: str) -> tuple[str, ...]:
+    return tuple(k for k in keys_of(group) if "<" not in k)
+
+
+LABELS = {k: m.label for m in SCHEMA if m.label for k in m.keys}  # key -> short name
+OBJECTIVES = tuple(k for m in SCHEMA if m.better == "higher" for k in m.keys)  # maximised by a sweep
+LOWER_IS_BETTER = tuple(k for m in SCHEMA if m.better == "lower" for k in m.keys)
+CLIENT_KEYS = tuple(k for k in scalar_keys("client") if k not in ("num_eval_clients", "clients_without_test"))
+CLASS_KEYS = tuple(k for k in scalar_keys("class") if k != "balanced_acc")
+LOCAL_KEYS = scalar_keys("local")
+TEACHER_KEYS = tuple(k for k in scalar_keys("teacher") if k != "tkl_to_zero_shot")
+GLOBAL_CLIENT_KEYS = scalar_keys("personal")
+
+
+def placeholder_row(num_classes: int, client_ids: list[int], domain_names: list[str] | None = None,
+                    teacher: bool = False, personalizes: bool = False) -> dict[str, float]:
+    """Every key an evaluation of such a run reports, all NaN: what rounds before the first report."""
+    applies = {"always": True, "teacher": teacher, "domains": bool(domain_names), "personalizes": personalizes}
+    families = {"<c>": [str(c) for c in range(num_classes)], "<k>": [str(k) for k in client_ids],
+                "<d>": list(domain_names or ())}
+    out: dict[str, float] = {}
+    for group, when in EVALUATED.items():
+        if not applies[when]:
+            continue
+        for key in keys_of(group):
+            mark = next((f for f in families if f in key), None)
+            for name in ([key] if mark is None else [key.replace(mark, v) for v in families[mark]]):
+                out[name] = math.nan
+    return out
+
+
+def markdown_table(group: str) -> str:
+    """The group's table as docs/metrics.md shows it (tests/test_metrics.py keeps the two equal)."""
+    rows = [m for m in SCHEMA if m.group == group]
+    if group == "method":
+        lines = ["| key | method | definition |", "|---|---|---|"]
+        lines += [f"| {', '.join(f'`{k}`' for k in m.keys)} | `{m.method}` | {m.definition} |" for m in rows]
+    else:
+        lines = ["| key | definition |", "|---|---|"]
+        lines += [f"| {', '.join(f'`{k}`' for k in m.keys)} | {m.definition} |" for m in rows]
+    return "\n".join(lines)
 
 
 def client_accuracies(correct_per_client: list[np.ndarray]) -> np.ndarray:
@@ -137,7 +268,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) -> dict[str, float]:
-    """Rank-collapse and communication metrics of a LoRA round (DESIGN.md, METHODS.md 4.2).
+    """Rank-collapse and communication metrics of a LoRA round (docs/metrics.md "LoRA rounds"; docs/methods.md "raFLoRA").
 
     The global update of layer l is everything the federation has added to its frozen base weight:
     s_max * B_g A_g (the global adapter after aggregation) plus, for a method that merges updates
@@ -149,6 +280,8 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) 
     `round_energy_outside_shared` is the same share for this round's increment of the global update
     (what the round added; for FLoRA the increment it merged). Bytes count LoRA factors up to each
     client's rank."""
+    import torch  # here: the reports read this schema without loading torch
+
     from fedcore import lora
 
     lcfg = fed.cfg.model.lora
@@ -188,3 +321,8 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) 
     out["comm_bytes_up"] = float(sum(sent(u.state, u.rank) for u in updates))
     out["comm_bytes_down"] = float(sum(sent(prev_global, int(prev_ranks[u.client])) for u in updates))
     return out
+
+
+if __name__ == "__main__":  # python -m fedcore.metrics: the tables of docs/metrics.md, from SCHEMA
+    for group, title in GROUPS.items():
+        print(f"{title}\n\n{markdown_table(group)}\n")

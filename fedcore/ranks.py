@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcore.seeds import derive_seed
+from fedcore.seeds import Purpose, derive_seed
 
 # fractions over the levels sorted from largest to smallest rank
 FRACTIONS = {"heavy_tail_light": (0.1, 0.1, 0.2, 0.2, 0.4), "heavy_tail_strong": (0.4, 0.2, 0.2, 0.1, 0.1)}
@@ -29,5 +29,5 @@ def client_ranks(lcfg, num_clients: int, seed: int) -> list[int]:
     levels = sorted(lcfg.rank_levels, reverse=True)
     fractions = FRACTIONS.get(lcfg.rank_profile, [1 / len(levels)] * len(levels))
     pool = [lvl for lvl, c in zip(levels, largest_remainder(fractions, num_clients)) for _ in range(c)]
-    perm = np.random.default_rng(derive_seed(seed, 0, 0, 5)).permutation(num_clients)
+    perm = np.random.default_rng(derive_seed(seed, 0, 0, Purpose.RANK_ASSIGNMENT)).permutation(num_clients)
     return [pool[i] for i in perm]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedcore.data.tokenize import cache_dir, cached, content_hash
+from fedcore.seeds import Purpose
 
 FINETUNE_BATCH = 32  # samples per step when a client fine-tunes its teacher's head
 
@@ -90,7 +91,7 @@ def client_teachers(tcfg, num_clients: int, seed: int) -> list[str]:
     (with replacement) from that list."""
     if tcfg.per_client is None:
         return [tcfg.name] * num_clients
-    picks = np.random.default_rng([seed, 0x7EAC4]).integers(len(tcfg.per_client), size=num_clients)
+    picks = np.random.default_rng([seed, Purpose.TEACHER_DRAW]).integers(len(tcfg.per_client), size=num_clients)
     return [tcfg.per_client[i] for i in picks]
 
 
@@ -113,7 +114,7 @@ def finetune_head(x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, scale
 
 
 def _client_seed(seed: int, client: int) -> int:
-    return int(np.random.SeedSequence([seed, 0xF17E, client]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, Purpose.TEACHER_HEAD, client]).generate_state(1)[0])
 
 
 def client_teacher_logits(tcfg, train, test, class_names: list[str], kind: str, clients: list[np.ndarray],
@@ -144,3 +145,25 @@ def client_teacher_logits(tcfg, train, test, class_names: list[str], kind: str, 
                              _client_seed(seed, cid))
         out[rows] = (tcfg.scale * x @ head.T).to(out.dtype)
     return out
+
+
+def attach_teacher(cfg, pool, data) -> None:
+    """Add the teacher's logits ("teacher_logits") to `data`'s train and test inputs, for a config
+    with a teacher (Fed-LPFM's distillation and zero-shot row): over the pool's raw splits
+    (fedcore.data.Pool), with each client's rows from its own teacher where the config says so."""
+    from fedcore.data.sources import DataSourceError
+
+    t, ds = cfg.teacher, pool.ds
+    if ds.kind == "features":
+        raise DataSourceError(f"teacher: {t.name!r} needs text or images but {cfg.data.source!r} gives feature vectors")
+    train, test = teacher_logits(t, ds.train, ds.test, ds.class_names, ds.kind, cfg.cache_dir)
+    if t.per_client_heads:  # Fed-LPFM's ablations: client k's training rows from its own teacher
+        names = client_teachers(t, cfg.partition.num_clients, cfg.partition_seed)
+        which = (", ".join(f"client {k} {names[k]}" for k in pool.part.client_ids) if t.per_client is not None
+                 else f"{t.name} on every client")
+        how = f", each fine-tuned for {t.finetune_epochs} epochs on its client's training data" if t.finetune_epochs else ""
+        data.notes.append(f"distillation teachers: {which}{how}; the zero-shot row is {t.name}'s")
+        train = client_teacher_logits(t, ds.train, ds.test, ds.class_names, ds.kind, pool.client_train,
+                                      pool.part.client_ids, cfg.partition.num_clients, cfg.partition_seed, train,
+                                      cfg.cache_dir)
+    data.train_inputs["teacher_logits"], data.test_inputs["teacher_logits"] = train, test

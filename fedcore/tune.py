@@ -5,7 +5,7 @@ under "_base") plus dotted overrides sampled by the search space, e.g.
 {"_base": {...}, "partition.alpha": 0.1, "optimizer.lr": 3e-4}; other keys that start with "_" are
 the sweep's own (a trial's design cell and stage) and not part of the run config. The trainable
 
-- reports every metric of DESIGN.md in every round (fedcore.federation carries the last
+- reports every metric of docs/metrics.md in every round (fedcore.federation carries the last
   evaluation between evaluation rounds),
 - checkpoints through tune.Checkpoint every `_checkpoint_every` rounds (default 1) and at the
   last round, and resumes from tune.get_checkpoint() exactly where it stopped,

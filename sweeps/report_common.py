@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-KEYS = ("mean_client_acc", "worst_client_acc", "gap", "balancedness", "global_acc")
-LABELS = {"mean_client_acc": "mean acc", "worst_client_acc": "worst acc", "gap": "gap",
-          "balancedness": "balancedness", "global_acc": "global acc"}
+from fedcore.metrics import LABELS, SUMMARY_KEYS
+
+KEYS = SUMMARY_KEYS
 METHODS_DOC = "docs/methods.md"
 # the data each paper's reference numbers were measured on, as a pattern of the data_name tag
 PAPER_DATA = {"fairness_paradox": r"ag_news", "lora_fair": r"domainnet|nico", "fedpurel": r"cifar[-_ ]?100",

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from fedcore.metrics import BALANCEDNESS, WORST_CLIENT_ACC
+
 AG_NEWS_CLASSES = "World,Sports,Business,Sci/Tech"
 
 
@@ -48,8 +50,8 @@ class Study:
     cell_overrides: Callable[[dict[str, Any], Profile], dict[str, Any]]
     space: Callable[[dict[str, Any]], dict[str, Any]]  # cell -> Optuna distributions by dotted key
     # the first objective picks each cell's best configuration (the second breaks ties)
-    objectives: tuple[str, ...] = ("worst_client_acc", "balancedness")
-    asha_metric: str = "worst_client_acc"
+    objectives: tuple[str, ...] = (WORST_CLIENT_ACC, BALANCEDNESS)
+    asha_metric: str = WORST_CLIENT_ACC
     notes: tuple[str, ...] = field(default_factory=tuple)
     # every trial also scores the foundation model's zero-shot head (teacher.name = the profile's
     # foundation model, where it is a text encoder or CLIP): the zero-shot row of the report

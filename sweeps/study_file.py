@@ -37,13 +37,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedcore.config import TextLoader
+from fedcore.metrics import (BALANCEDNESS, GAP, GLOBAL_ACC, LOWER_IS_BETTER, MEAN_CLIENT_ACC, OBJECTIVES,
+                             WORST_CLIENT_ACC)
 from search_spaces.distributions import DistributionError, parse_distribution
 
-# objectives are maximised: only metrics where higher is better
-OBJECTIVES = ("worst_client_acc", "mean_client_acc", "balancedness", "global_acc", "balanced_acc", "balance_ratio",
-              "many_acc", "medium_acc", "few_acc", "local_balancedness", "local_many_acc", "local_medium_acc",
-              "local_few_acc", "gm_mean_client_acc", "gm_worst_client_acc", "domain_avg_acc")
-LOWER_IS_BETTER = ("gap", "spread", "client_acc_std")
+# objectives are maximised: only metrics where higher is better (fedcore/metrics.py's schema says which)
 # what a report may tabulate or contrast beyond those: raFLoRA's rank-collapse measure
 REPORT_METRICS = (*OBJECTIVES, *LOWER_IS_BETTER, "energy_outside_shared")
 
@@ -130,8 +128,8 @@ class Cost(_Strict):
 
 class Report(_Strict):
     """What the generic report (python -m sweeps.report) tabulates and plots."""
-    metrics: list[str] = Field(default_factory=lambda: ["mean_client_acc", "worst_client_acc", "gap", "balancedness",
-                                                        "global_acc"])  # the table's columns; the first three plotted
+    metrics: list[str] = Field(default_factory=lambda: [MEAN_CLIENT_ACC, WORST_CLIENT_ACC, GAP, BALANCEDNESS,
+                                                        GLOBAL_ACC])  # the table's columns; the first three plotted
     plot_against: str | None = None  # the numeric factor on the x axis (every numeric factor if None)
 
 
@@ -140,7 +138,7 @@ class ContrastSpec(_Strict):
     name: str | None = None  # the table's heading for it; '<a> minus <b>' if None
     a: dict[str, Any] = Field(min_length=1)  # {factor: level, or [levels], or {not: ...}}
     b: dict[str, Any] = Field(min_length=1)
-    metrics: list[str] = Field(default_factory=lambda: ["worst_client_acc"], min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: [WORST_CLIENT_ACC], min_length=1)
     within: list[str] | None = None  # factors an a-cell and a b-cell must agree on; all others if None
     interaction: str | None = None  # a factor: (a - b) at its smallest level minus at its largest
 
@@ -171,7 +169,7 @@ class StudyFile(_Strict):
     cell_name: str | None = None  # e.g. "{method}-a{alpha}"; the levels joined by '-' otherwise
     cells: list[CellRule] = Field(default_factory=list)
     space: dict[str, str | SpaceEntry | list[SpaceEntry]] = Field(default_factory=dict)
-    objectives: list[str] = Field(default_factory=lambda: ["worst_client_acc", "balancedness"], min_length=1)
+    objectives: list[str] = Field(default_factory=lambda: [WORST_CLIENT_ACC, BALANCEDNESS], min_length=1)
     scheduler: Scheduler = Scheduler()
     budget: Budget = Budget()
     resources: Resources = Resources()

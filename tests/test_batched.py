@@ -1,4 +1,4 @@
-"""The batched LoRA executor (fedcore/batched.py): a cohort's adapters over one frozen base in one pass
+"""The batched LoRA executor (fedcore/executors/batched.py): a cohort's adapters over one frozen base in one pass
 give the sequential executor's client updates (float tolerance, dropout off), for every LoRA method
 it supports; it refuses the others with the reason; `auto` says which it chose and caches it."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fedcore.batched import BatchedLoRAExecutor, refusal
+from fedcore.executors import BatchedLoRAExecutor, refusal
 from fedcore.config import make_config
 from fedcore.federation import Federation
 
@@ -80,5 +80,5 @@ def test_auto_measures_once_says_which_and_reuses_the_choice(tmp_path, monkeypat
     def no_measure(*a, **k):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr("fedcore.batched.time_step", no_measure)
+    monkeypatch.setattr("fedcore.executors.batched.time_step", no_measure)
     assert Federation(cfg).executor.name == fed.executor.name  # the cached choice, so runs agree

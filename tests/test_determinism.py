@@ -78,3 +78,18 @@ def test_restore_refuses_another_config(tmp_path):
     other = Federation(cfg_for("textcnn", **{"optimizer.lr": 0.01}))
     with pytest.raises(ValueError, match="different config"):
         other.restore(tmp_path / "s.pt")
+
+
+def test_seed_purposes_are_distinct_but_for_the_documented_alias_and_seeds_are_stable():
+    from fedcore.seeds import Purpose, derive_seed
+
+    aliases = {name for name, member in Purpose.__members__.items() if member.name != name}
+    assert aliases == {"RANK_ASSIGNMENT"}  # shares PASS_DROPOUT's value at round 0 only (fedcore/seeds.py)
+    assert len({m.value for m in Purpose}) == len(Purpose)
+    # the derivation itself is pinned: a change here changes every run's draws
+    assert derive_seed(11, 3, 2, Purpose.LOCAL_TRAINING) == derive_seed(11, 3, 2, 1) == VALUES[0]
+    assert derive_seed(11, 0, 0, Purpose.MODEL_INIT) == VALUES[1]
+    assert derive_seed(11, 3, 2, Purpose.PERSONALIZE) != VALUES[0]
+
+
+VALUES = (6552642981223556445, 90828289179061452)  # derive_seed as of commit ec7e59d

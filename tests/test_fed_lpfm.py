@@ -1,5 +1,5 @@
 """Foundation-model priors, part 1: the zero-shot text head, Fed-LPFM's distillation loss and runs,
-and the long-tailed pool (METHODS.md 2.2, 3.3)."""
+and the long-tailed pool (docs/methods.md "Fed-LPFM", "Foundation-model priors")."""
 from __future__ import annotations
 
 import math
@@ -76,7 +76,7 @@ def test_convex_lambda_above_one_is_refused_with_one_line():
 
 def test_long_tail_profile_matches_fedpurel_cifar100():
     counts = long_tail_counts(50000, 100, 100)
-    assert (counts[0], counts[-1], sum(counts)) == (500, 5, 10847)  # METHODS.md 3.3
+    assert (counts[0], counts[-1], sum(counts)) == (500, 5, 10847)  # docs/methods.md "Foundation-model priors"
     assert (sum(c > 100 for c in counts), sum(20 < c <= 100 for c in counts), sum(c <= 20 for c in counts)) == (35, 34, 31)
     labels = np.repeat(np.arange(4), [50, 50, 50, 3])  # the last class has fewer than its share
     idx = long_tail_subsample(labels, 10.0, seed=0)
@@ -140,7 +140,8 @@ def test_lambda_zero_is_fedavg_bit_for_bit_in_both_forms():
 
 
 # --- Fed-LPFM's teacher ablations (teacher.per_client, teacher.finetune_epochs) ------------------
-from fedcore.data import _pool_and_test, load_federated  # noqa: E402
+from fedcore.assembly import load_data  # noqa: E402
+from fedcore.data import _pool_and_test  # noqa: E402
 from fedcore.models.zero_shot import zero_shot_features  # noqa: E402
 from fedcore.teacher import client_teachers, finetune_head, teacher_logits  # noqa: E402
 
@@ -165,11 +166,11 @@ def _held_out(d):
 def test_teacher_options_are_off_by_default_and_leave_todays_logits():
     cfg = make_config(_TEACH)
     assert (cfg.teacher.per_client, cfg.teacher.finetune_epochs, cfg.teacher.per_client_heads) == (None, 0, False)
-    d = load_federated(cfg)
+    d = load_data(cfg)
     train, test = _zero_shot(cfg)
     assert torch.equal(d.train_inputs["teacher_logits"], train) and torch.equal(d.test_inputs["teacher_logits"], test)
     # a one-name list is the same teacher everywhere: the per-client machinery changes no bit
-    same = load_federated(make_config(_TEACH, **{"teacher.per_client": ["tiny-bert"]}))
+    same = load_data(make_config(_TEACH, **{"teacher.per_client": ["tiny-bert"]}))
     assert torch.equal(same.train_inputs["teacher_logits"], train)
 
 
@@ -178,7 +179,7 @@ def test_per_client_teacher_rows_carry_their_clients_teacher():
     names = client_teachers(cfg.teacher, 4, cfg.partition_seed)
     assert names == ["tiny-bert", "minilm-l6", "tiny-bert", "minilm-l6"]  # seeded: both drawn
     assert names == client_teachers(cfg.teacher, 4, cfg.partition_seed)
-    d = load_federated(cfg)
+    d = load_data(cfg)
     logits = d.train_inputs["teacher_logits"]
     by_name = {n: _zero_shot(cfg, n) for n in set(names)}
     for rows, cid in zip(d.client_train, d.client_ids):
@@ -193,7 +194,7 @@ def test_per_client_teacher_rows_carry_their_clients_teacher():
 def test_fine_tuned_teacher_fits_its_clients_data_and_keeps_the_zero_shot_row():
     over = {"teacher.name": "minilm-l6", "partition.num_clients": 3}
     cfg = make_config(_TEACH, **over, **{"teacher.finetune_epochs": 3})
-    d = load_federated(cfg)
+    d = load_data(cfg)
     zs_train, zs_test = _zero_shot(cfg)
     y, ft = d.train_labels, d.train_inputs["teacher_logits"]
     gains = []
@@ -205,7 +206,7 @@ def test_fine_tuned_teacher_fits_its_clients_data_and_keeps_the_zero_shot_row():
     assert max(gains) > 0.1  # on its own local data the fine-tuned head is clearly better
     held = _held_out(d)
     assert torch.equal(ft[held], zs_train[held]) and torch.equal(d.test_inputs["teacher_logits"], zs_test)
-    assert torch.equal(ft, load_federated(cfg).train_inputs["teacher_logits"])  # deterministic
+    assert torch.equal(ft, load_data(cfg).train_inputs["teacher_logits"])  # deterministic
     # the zero-shot row of a run is the same prior with or without fine-tuned teachers
     run = dict(rounds=1, batch_size=16, max_local_steps=2, torch_threads=1, **{"model.embed_dim": 8,
                                                                                "model.num_filters": 4})
@@ -258,4 +259,4 @@ def test_teacher_options_are_refused_outside_distillation_and_checked():
     cfg = make_config(_TEACH, **{"teacher.per_client": ["tiny-bert", "tiny-clip"]})
     with pytest.raises(ValueError, match=r"teacher.per_client: 'tiny-clip' is a CLIP \(image\) zero-shot head but "
                                          r"the data gives text"):
-        load_federated(cfg)
+        load_data(cfg)

@@ -1,4 +1,4 @@
-"""FedPuReL (METHODS.md 3.3 to 3.6): temperature-aligned KL, gradient purification, residual
+"""FedPuReL (docs/methods.md "FedPuReL"): temperature-aligned KL, gradient purification, residual
 personalization, the pooled hierarchical partition and the zero-shot-head model it starts from."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fedcore.alignment import aligned_temperatures, entropy, plain_kl, purify, tkl, tkl_align_loss
 from fedcore.config import ConfigError, make_config
 from fedcore.data.partition import pooled_hierarchical
-from fedcore.executors import load_state
+from fedcore.params import load_state
 from fedcore.federation import Federation
 from fedcore.methods import get_method
 from fedcore.methods.base import LocalContext, client_key

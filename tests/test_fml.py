@@ -1,4 +1,4 @@
-"""FML, Federated Mutual Learning (METHODS.md 2.3): the mutual-distillation loss, only the meme model
+"""FML, Federated Mutual Learning (docs/methods.md "FML"): the mutual-distillation loss, only the meme model
 aggregated, the private models kept per client across rounds and checkpoints."""
 from __future__ import annotations
 

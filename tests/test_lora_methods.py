@@ -1,4 +1,4 @@
-"""The federated LoRA family, checked against the formulas on small tensors (METHODS.md 4, 5):
+"""The federated LoRA family, checked against the formulas on small tensors (docs/methods.md):
 heterogeneous ranks, FLoRA, FlexLoRA, FFA-LoRA, HetLoRA, raFLoRA, LoRA-FAIR, and the LoRA metrics."""
 import math
 
@@ -241,7 +241,7 @@ def test_hetlora_pruning_lowers_the_rank_when_the_pruned_norm_falls():
     m.on_local_end(ctx)
     assert ctx.rank == 2 and math.isnan(ctx.report["pruned_norm"])
     # the engine's step after a lowered rank: the kept slots' product keeps its value at alpha / 2
-    from fedcore.executors import lower_rank
+    from fedcore.params import lower_rank
 
     a_k, b_k = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
     lower_rank([(A0, a_k), (B0, b_k)], 4, ctx.rank)
@@ -277,7 +277,7 @@ def test_raflora_equals_flexlora_at_equal_ranks():
 
 def test_rank_collapse_under_flexlora_and_not_under_raflora():
     """Stationary, direction-preserving clients (each returns what it received): FlexLoRA's energy
-    outside the smallest rank decays geometrically; raFLoRA's stays (METHODS.md 4.2)."""
+    outside the smallest rank decays geometrically; raFLoRA's stays (docs/methods.md "raFLoRA")."""
     ranks = (1, 2, 4)
     srv = server(ranks)
     start = global_like()

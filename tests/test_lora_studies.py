@@ -56,7 +56,7 @@ def _domain_folders(root, domains=("clipart", "real")):
     return image_folders(root, ("cat", "dog", "owl"), 40, domains)
 
 
-# the paper text's two protocols ("Datasets", "Training Details"; METHODS.md 5.4):
+# the paper text's two protocols ("Datasets", "Training Details"; docs/methods.md "LoRA-FAIR"):
 # partition -> (clients, per round, local iterations)
 PAPER = {"domain": (6, 6, 2), "domain_dirichlet": (30, 18, 5)}
 

@@ -61,7 +61,7 @@ def test_single_class_client_and_absent_test_class():
 
 
 def test_many_medium_few_count_the_whole_training_pool():
-    """DESIGN.md groups classes by their global training count: the pool's, not what the clients
+    """docs/metrics.md groups classes by their global training count: the pool's, not what the clients
     train on after their local test hold-outs (which would move a class across a threshold)."""
     from fedcore.config import make_config
     from fedcore.data import load_federated
@@ -77,3 +77,52 @@ def test_many_medium_few_count_the_whole_training_pool():
     pred = labels = data.test_labels.numpy()
     groups = class_summary(pred, labels, 3, data.train_class_counts(), many_min=threshold, few_max=1)
     assert groups["many_acc"] == 1.0 and math.isnan(groups["medium_acc"])
+
+
+# --- the schema (fedcore/metrics.py SCHEMA): one declaration for evaluation, placeholders and docs ---
+def test_the_docs_tables_are_the_schema():
+    from pathlib import Path
+
+    from fedcore.metrics import GROUPS, SCHEMA, markdown_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    for group, title in GROUPS.items():
+        assert f"\n{markdown_table(group)}\n" in doc, f"docs/metrics.md '{title}': print it with python -m fedcore.metrics"
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(SCHEMA), "a table row in docs/metrics.md that the schema does not declare"
+    keys = [k for m in SCHEMA for k in m.keys]
+    assert len(keys) == len(set(keys)) and {m.group for m in SCHEMA} == set(GROUPS)
+
+
+def test_objectives_are_the_schemas_higher_is_better_metrics():
+    from fedcore.metrics import LOWER_IS_BETTER, OBJECTIVES, SCHEMA
+    from sweeps import study_file
+
+    assert study_file.OBJECTIVES is OBJECTIVES and study_file.LOWER_IS_BETTER is LOWER_IS_BETTER
+    assert {"worst_client_acc", "balancedness", "domain_avg_acc"} <= set(OBJECTIVES)
+    assert set(LOWER_IS_BETTER) == {"gap", "spread", "client_acc_std"}
+    assert all(m.group in ("client", "class", "local", "personal", "domain") for m in SCHEMA if m.better)
+
+
+PLACEHOLDER_CASES = {
+    "plain": {"model.name": "textcnn", "model.embed_dim": 8, "model.num_filters": 4},
+    "teacher": {"model.name": "tiny-bert", "method.name": "fed_lpfm", "teacher.name": "tiny-bert", "teacher.max_len": 16},
+    "personalizing": {"model.name": "tiny-bert", "method.name": "fedpurel"},
+    "domains": {"data.source": "sklearn:digits?images=1&domains=identity,gray", "data.max_train_samples": 200,
+                "data.max_test_samples": 60, "model.name": "tiny-vit", "method.name": "fedit"},
+}
+
+
+@pytest.mark.parametrize("case", list(PLACEHOLDER_CASES))
+def test_the_placeholder_row_has_exactly_the_evaluations_keys(case):
+    from fedcore.config import make_config
+    from fedcore.federation import Federation
+
+    over = {"data.source": "synthetic:topics?n=160&test=40", "data.max_len": 16, "partition.num_clients": 3,
+            "torch_threads": 1, **PLACEHOLDER_CASES[case]}
+    fed = Federation(make_config({}, **over))
+    placeholder, evaluated = fed.nan_eval_metrics(), fed.evaluate()
+    assert sorted(placeholder) == sorted(evaluated)
+    assert all(math.isnan(v) for v in placeholder.values())
+    assert any(k.startswith({"plain": "client_acc/", "teacher": "teacher_class_acc/", "personalizing": "gm_",
+                             "domains": "domain_acc/"}[case]) for k in placeholder)

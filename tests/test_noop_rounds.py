@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fedcore.executors as executors
+import fedcore.executors.sequential as executors
 from fedcore import lora
 from fedcore.config import ConfigError, make_config
 from fedcore.federation import Federation
@@ -47,7 +47,7 @@ EXPECTED = {
 RTOL = 1e-4  # float32 rounding of products and SVDs
 
 # HetLoRA's rank self-pruning compares a client's pruned-part norm with where it ended its previous
-# round (METHODS.md 5.3), so an idle round right after a learning one can prune: the property of
+# round (docs/methods.md "HetLoRA"), so an idle round right after a learning one can prune: the property of
 # its aggregation is checked with pruning off, and pruning itself in test_hetlora_pruning_only_drops_slots
 IDLE_PARAMS = {"hetlora": {"method.params.prune_lambda": 0.0}}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcore.batched import BatchedLoRAExecutor
+from fedcore.executors import BatchedLoRAExecutor
 from fedcore.config import ConfigError, make_config
 from fedcore.federation import Federation
 

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 import fedcore.local as local
 from fedcore.config import make_config
-from fedcore.executors import SequentialExecutor, derive_seed, load_state, snapshot
+from fedcore.executors import SequentialExecutor
+from fedcore.params import load_state, snapshot
+from fedcore.seeds import Purpose, derive_seed
 from fedcore.federation import Federation
 from fedcore.methods.base import ClientUpdate, LocalContext
 from fedcore.models.textcnn import TextCNN
@@ -70,7 +72,7 @@ class PlainExecutor(SequentialExecutor):
         for k in cohort:
             start = fed.method.client_start_state(fed.global_state, fed.server_state, k)
             load_state(fed.params, start)
-            seed = derive_seed(cfg.seed, round_, k, 1)
+            seed = derive_seed(cfg.seed, round_, k, Purpose.LOCAL_TRAINING)
             torch.manual_seed(seed)
             idx = fed.data.client_train[k]
             ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=fed.params, start_state=start,

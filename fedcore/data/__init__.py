@@ -46,7 +46,7 @@ class FederatedData:
         return len(self.client_train)
 
     def train_class_counts(self) -> np.ndarray:
-        """Per-class count of the whole training pool (DESIGN.md's "global training count per class",
+        """Per-class count of the whole training pool (docs/metrics.md's "training count",
         which groups classes into Many/Medium/Few): before the clients' local test hold-outs and
         dropped clients are taken out, so the groups do not move with the partition or its seed."""
         return np.bincount(self.train_labels.numpy(), minlength=self.num_classes)
@@ -167,45 +167,39 @@ def _clients(cfg, ds: RawDataset) -> tuple[Partition, list, list, str]:
     return part, train_idx, test_idx, test_on
 
 
-def load_federated(cfg) -> FederatedData:
+@dataclass
+class Pool:
+    """What a run's data is before tensors: the raw splits and each client's rows (what a teacher,
+    fedcore/teacher.py, reads to score the same rows)."""
+    ds: RawDataset
+    part: Partition
+    client_train: list[np.ndarray]
+    client_test: list[np.ndarray]
+    client_test_on: str
+
+
+def read_pool(cfg) -> Pool:
     ds = _pool_and_test(cfg)
     part, train_idx, test_idx, test_on = _clients(cfg, ds)
-    tr, te, vocab_size, in_features = _tensorize(cfg, ds)
-    if cfg.teacher is not None:
-        if ds.kind == "features":
-            raise DataSourceError(f"teacher: {cfg.teacher.name!r} needs text or images but {cfg.data.source!r} "
-                                  f"gives feature vectors")
-        from fedcore.teacher import teacher_logits
+    return Pool(ds, part, train_idx, test_idx, test_on)
 
-        tr["teacher_logits"], te["teacher_logits"] = teacher_logits(cfg.teacher, ds.train, ds.test, ds.class_names,
-                                                                    ds.kind, cfg.cache_dir)
-        if cfg.teacher.per_client_heads:  # Fed-LPFM's ablations: client k's training rows from its own teacher
-            tr["teacher_logits"] = _client_teachers(cfg, ds, train_idx, part, tr["teacher_logits"])
+
+def load_federated(cfg, pool: Pool | None = None) -> FederatedData:
+    """The run's data, tensorized, from `pool` (read here when None). Without the teacher's logits:
+    the engine's assembly adds them (fedcore.teacher.attach_teacher), the data layer does not call
+    models up from below."""
+    pool = read_pool(cfg) if pool is None else pool
+    ds, part = pool.ds, pool.part
+    tr, te, vocab_size, in_features = _tensorize(cfg, ds)
     return FederatedData(
         name=ds.name, class_names=ds.class_names,
         train_inputs=tr, train_labels=torch.as_tensor(ds.train.labels),
         test_inputs=te, test_labels=torch.as_tensor(ds.test.labels),
-        client_train=train_idx, client_test=test_idx, client_test_on=test_on,
+        client_train=pool.client_train, client_test=pool.client_test, client_test_on=pool.client_test_on,
         client_ids=part.client_ids, dropped_clients=part.dropped,
         vocab_size=vocab_size, in_features=in_features, synthetic=ds.synthetic, notes=list(ds.notes),
         domain_names=ds.domain_names, train_domains=ds.train.domains, test_domains=ds.test.domains,
     )
-
-
-def _client_teachers(cfg, ds: RawDataset, train_idx: list[np.ndarray], part: Partition,
-                     base: torch.Tensor) -> torch.Tensor:
-    """The pool's teacher logits with each client's training rows from its own teacher (fedcore/teacher.py);
-    which teacher each client got goes into the notes."""
-    from fedcore.teacher import client_teacher_logits, client_teachers
-
-    t = cfg.teacher
-    names = client_teachers(t, cfg.partition.num_clients, cfg.partition_seed)
-    which = (", ".join(f"client {k} {names[k]}" for k in part.client_ids) if t.per_client is not None
-             else f"{t.name} on every client")
-    how = f", each fine-tuned for {t.finetune_epochs} epochs on its client's training data" if t.finetune_epochs else ""
-    ds.notes.append(f"distillation teachers: {which}{how}; the zero-shot row is {t.name}'s")
-    return client_teacher_logits(t, ds.train, ds.test, ds.class_names, ds.kind, train_idx, part.client_ids,
-                                 cfg.partition.num_clients, cfg.partition_seed, base, cfg.cache_dir)
 
 
 def pooled_partition(train_labels: np.ndarray, test_labels: np.ndarray, pcfg, seed: int) -> tuple[Partition, list]:

@@ -1,4 +1,4 @@
-"""Long-tailed training pools (FedPuReL's construction, METHODS.md 3.3).
+"""Long-tailed training pools (FedPuReL's construction, docs/methods.md "Foundation-model priors").
 
 Class c of C keeps n_c = floor(n_max * IF^(-c / (C - 1))) samples, n_max = N / C, with IF the
 imbalance factor (the code's `imb_factor` is 1 / IF): class 0 is the head, class C - 1 the tail

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedcore.seeds import Purpose
+
 
 class PartitionError(ValueError):
     pass
@@ -22,7 +24,7 @@ class Partition:
 
 
 def dirichlet_label_skew(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    """METHODS.md 1.2, as the FM Fairness Paradox notebook does it.
+    """docs/data.md "Partitions", as the FM Fairness Paradox notebook does it.
 
     One RandomState seeded once; for each class c in order: shuffle its indices, draw
     p ~ Dir(alpha * 1_K), give client k floor(p_k * n_c) samples, the last client takes the
@@ -61,7 +63,7 @@ def assign_classes(num_classes: int, num_clients: int, classes_per_client: int, 
             f"partition.classes_per_client: {classes_per_client} for {num_clients} clients leaves "
             f"{num_classes - num_clients * classes_per_client} of {num_classes} classes with no client; "
             f"allowed: {need}..{num_classes} (or more clients)")
-    rng = np.random.default_rng([seed, 0xC1A55])
+    rng = np.random.default_rng([seed, Purpose.CLASS_ASSIGNMENT])
     holders = np.zeros(num_classes, np.int64)
     out = []
     for _ in range(num_clients):
@@ -79,7 +81,7 @@ def class_split(labels: np.ndarray, num_clients: int, classes_per_client: int, s
     and h holders, the first n_c mod h holders get floor(n_c / h) + 1, the others floor(n_c / h)."""
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     classes = assign_classes(num_classes, num_clients, classes_per_client, seed)
-    rng = np.random.default_rng([seed, 0x5A3E])
+    rng = np.random.default_rng([seed, Purpose.CLASS_SPLIT])
     parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for c in range(num_classes):
         members = [k for k in range(num_clients) if c in classes[k]]
@@ -100,7 +102,7 @@ def shards(labels: np.ndarray, num_clients: int, shards_per_client: int, seed: i
         raise PartitionError(f"partition.classes_per_client: {shards_per_client} shards for each of {num_clients} "
                              f"clients needs {n_shards} samples, the pool has {len(labels)}; allowed: at most "
                              f"{len(labels) // num_clients}")
-    rng = np.random.default_rng([seed, 0x5BA2D])
+    rng = np.random.default_rng([seed, Purpose.SHARDS])
     shuffled = rng.permutation(len(labels))
     by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
     pieces = np.array_split(by_label, n_shards)
@@ -145,7 +147,7 @@ def _draw(rng: np.random.Generator, weights: list[float]) -> int:
 def pooled_hierarchical(train_labels: np.ndarray, test_labels: np.ndarray, num_clients: int, beta: float,
                         seed: int, fine_alpha: float = 10.0,
                         coarse: list[int] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """FedPuReL's partition (METHODS.md 3.3, PromptFolio / FedOTP style): the training pool and the
+    """FedPuReL's partition (docs/methods.md "FedPuReL", PromptFolio / FedOTP style): the training pool and the
     test set are pooled, and each client draws floor(N_pool / K) samples without replacement: a
     coarse label from its weights ~ Dir(beta), a class of that coarse label from its weights
     ~ Dir(fine_alpha), then a random remaining sample of the class. An exhausted class (and then an
@@ -160,7 +162,7 @@ def pooled_hierarchical(train_labels: np.ndarray, test_labels: np.ndarray, num_c
     if len(coarse_of) != num_classes:
         raise PartitionError(f"partition.coarse: {len(coarse_of)} coarse labels for {num_classes} classes; "
                              f"allowed: one per class")
-    rng = np.random.default_rng([seed, 0x9001])
+    rng = np.random.default_rng([seed, Purpose.POOLED_HIERARCHICAL])
     remaining = [list(rng.permutation(np.where(labels == c)[0])) for c in range(num_classes)]
     groups = {g: [c for c in range(num_classes) if coarse_of[c] == g] for g in np.unique(coarse_of).tolist()}
     per_client = len(labels) // num_clients
@@ -244,7 +246,7 @@ def local_split(clients: list[np.ndarray], fraction: float, seed: int) -> tuple[
     """
     train, test = [], []
     for k, idx in enumerate(clients):
-        rng = np.random.default_rng([seed, 0x7E57, k])
+        rng = np.random.default_rng([seed, Purpose.LOCAL_TEST, k])
         perm = idx[rng.permutation(len(idx))]
         n_test = int(np.floor(fraction * len(idx)))
         if fraction > 0 and n_test == 0 and len(idx) >= 2:
@@ -271,7 +273,7 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of about n samples keeping class proportions (sorted)."""
     if n >= len(labels):
         return np.arange(len(labels))
-    rng = np.random.default_rng([seed, 0x5AB])
+    rng = np.random.default_rng([seed, Purpose.STRATIFIED_SUBSAMPLE])
     classes = np.unique(labels)
     picked = []
     for c in classes:
@@ -287,7 +289,7 @@ def cap_per_client(indices: list[np.ndarray], cap: int | None, seed: int) -> lis
     out = []
     for k, idx in enumerate(indices):
         if len(idx) > cap:
-            rng = np.random.default_rng([seed, 0xCA9, k])
+            rng = np.random.default_rng([seed, Purpose.CLIENT_CAP, k])
             idx = np.sort(rng.choice(idx, size=cap, replace=False))
         out.append(idx)
     return out

@@ -29,7 +29,8 @@ from torch import nn
 from fedcore.data import take
 from fedcore.local import DivergedError, autocast, make_optimizer
 from fedcore.methods.base import ClientUpdate, Method
-from fedcore.seeds import derive_seed
+from fedcore.params import load_state, zero_beyond_rank
+from fedcore.seeds import Purpose, derive_seed
 
 HOOKS = ("on_local_start", "local_loss", "after_backward", "on_local_end", "build_model")
 
@@ -128,7 +129,6 @@ class BatchedLoRAExecutor:
         self.layers, self.heads = _trainable_modules(fed)
 
     def run(self, fed, cohort: list[int], round_: int) -> list[ClientUpdate]:
-        from fedcore.executors import zero_beyond_rank
 
         cfg = fed.cfg
         ranks = fed.server_state.get("ranks")
@@ -141,7 +141,7 @@ class BatchedLoRAExecutor:
             if rank is not None:
                 zero_beyond_rank(list(t.items()), rank)
             idx = fed.data.client_train[k]
-            batches = client_batches(idx, derive_seed(cfg.seed, round_, k, 1), cfg.local_epochs, cfg.batch_size,
+            batches = client_batches(idx, derive_seed(cfg.seed, round_, k, Purpose.LOCAL_TRAINING), cfg.local_epochs, cfg.batch_size,
                                      cfg.max_local_steps)
             work.append({"client": k, "n": len(idx), "rank": rank, "tensors": t, "batches": batches,
                          "scale": alpha / (rank or resident),
@@ -167,7 +167,7 @@ class BatchedLoRAExecutor:
         leaves = [t for w in group for t in w["tensors"].values() if t.requires_grad]
         opt = make_optimizer(cfg.optimizer, leaves)
         fed.model.train()
-        torch.manual_seed(derive_seed(cfg.seed, round_, group[0]["client"], 5))  # dropout of the whole pass
+        torch.manual_seed(derive_seed(cfg.seed, round_, group[0]["client"], Purpose.PASS_DROPOUT))
         for step in range(max(len(w["batches"]) for w in group)):
             active = [w for w in group if step < len(w["batches"])]
             rows = [w["batches"][step] for w in active]
@@ -190,8 +190,6 @@ class BatchedLoRAExecutor:
 def time_step(fed, executor: str, clients: list[int], repeats: int = 2) -> float:
     """Seconds of one forward + backward of `clients`' first batches (sequentially, or in one pass),
     the best of `repeats`; the model's parameters and the run's RNG are left as they were."""
-    from fedcore.executors import load_state
-
     cfg, data = fed.cfg, fed.data
     rows = [torch.as_tensor(data.client_train[k][:cfg.batch_size], dtype=torch.long) for k in clients]
     tensors = [{n: fed.global_state[n].detach().clone().requires_grad_(True) for n, _ in fed.params} for _ in clients]

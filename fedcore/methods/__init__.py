@@ -1,4 +1,4 @@
-"""Method registry: the names users type (DESIGN.md "Names users type").
+"""Method registry: the names users type (docs/methods.md).
 
 METHODS holds the built-in methods only, so code and tests that iterate it see exactly these. A
 name outside it is a plugin (fedcore/methods/plugins.py, docs/plugins.md): resolve any name with

@@ -1,12 +1,12 @@
 """Fed-LPFM (Wu et al., FL@FM-NeurIPS'23, "Leveraging Foundation Models to Improve Lightweight
-Clients in Federated Learning"; METHODS.md 2.1 and 2.2, an assumption-heavy spec: the paper body was
+Clients in Federated Learning"; docs/methods.md "Fed-LPFM", an assumption-heavy spec: the paper body was
 not available). A lightweight student trained from scratch distils a frozen foundation model. The
 paper's summary has lambda "controlling the balance between" cross-entropy and distillation, read
 here as a convex mix, the default (`form: convex`, lambda in [0, 1]):
 
     L_k = (1 - lambda) * CE(y, f(x)) + lambda * tau^2 * KL( softmax(z_T(x) / tau) || softmax(f(x) / tau) )
 
-and the additive form of METHODS.md 2.2 on request (`form: additive`, lambda >= 0):
+and the additive form (docs/methods.md) on request (`form: additive`, lambda >= 0):
 
     L_k = CE(y, f(x)) + lambda * tau^2 * KL( ... )
 

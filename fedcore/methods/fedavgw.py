@@ -1,5 +1,5 @@
 """FedAvgW (FM Fairness Paradox, Naseer & Shoaib 2026, README and notebook `fedavgw_aggregate`;
-METHODS.md 1.4): inverse-size weighted aggregation of the LoRA factors,
+docs/methods.md "FedAvgW"): inverse-size weighted aggregation of the LoRA factors,
 
     w_k^LoRA = (1/n_k)^beta / sum_j (1/n_j)^beta      for state keys containing "lora_",
     w_k^std  = n_k / sum_j n_j                        for every other key (the classifier head).

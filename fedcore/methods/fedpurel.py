@@ -1,5 +1,5 @@
 """FedPuReL (Hou et al., CVPR 2026, "Fine-Tuning Impairs the Balancedness of Foundation Models in
-Long-tailed Personalized Federated Learning"; METHODS.md 3.4 to 3.6, code shihaohou/FedPuReL).
+Long-tailed Personalized Federated Learning"; docs/methods.md "FedPuReL", code shihaohou/FedPuReL).
 
 Stage 1, the shared global branch (LoRA on the foundation model, whose zero-shot head is the
 balanced prior). Per batch, with f the model's logits and z the cached zero-shot logits:
@@ -21,7 +21,7 @@ The personalized model predicts l_G + l_P on the client's local test split; the 
 is scored on the balanced test set. The engine runs stage 2 and the personalized evaluation
 (`personalizes`); a client never sampled keeps its initial private branch.
 
-Paper vs code (METHODS.md 3.9): lambda 0.9 is the paper's default (the code's is 0.99); the code
+Paper vs code (docs/methods.md): lambda 0.9 is the paper's default (the code's is 0.99); the code
 trains all clients in round 0 and shares one SGD optimizer (with momentum) across clients and
 rounds, while here every client-round starts a fresh optimizer, as the paper describes.
 `align: kl` is the paper's ablation (plain KL at temperature 1); `strength` 0 turns purification

@@ -18,7 +18,7 @@ import math
 import torch
 
 from fedcore import lora
-from fedcore.seeds import derive_seed
+from fedcore.seeds import Purpose, derive_seed
 from fedcore.methods.base import ClientUpdate, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
@@ -50,7 +50,7 @@ class FLoRA(LoRAMethod):
         layers, r_max, alpha = self.layout(updates)
         weights = size_weights(updates)
         round_ = int(server_state.get("round", torch.tensor(0))) + 1
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, 7))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, Purpose.FLORA_ROUND))
         out, new_server = self.head_average(updates), {**server_state, "round": torch.tensor(round_)}
         for prefix, (a, b) in layers.items():
             B_st, A_st = stack(updates, weights, alpha, r_max, a, b)

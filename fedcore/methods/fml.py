@@ -1,5 +1,5 @@
 """FML, Federated Mutual Learning (Shen et al. 2020, "Federated Mutual Learning"; a Fed-LPFM
-baseline, METHODS.md 2.3). Each client holds a private model p and trains it together with the
+baseline, docs/methods.md "FML"). Each client holds a private model p and trains it together with the
 shared "meme" model m by deep mutual learning, each model distilling the other's prediction:
 
     L_p = alpha CE(y, p) + (1 - alpha) KL(m || p),    L_m = beta CE(y, m) + (1 - beta) KL(p || m)

@@ -1,5 +1,5 @@
 """HetLoRA (Cho et al., EMNLP 2024, "Heterogeneous LoRA for Federated Fine-tuning of On-Device
-Foundation Models"; METHODS.md 5.3): clients hold different ranks; the server zero-pads their
+Foundation Models"; docs/methods.md "HetLoRA"): clients hold different ranks; the server zero-pads their
 factors to r_max and averages A and B separately with sparsity weights
 
     w_k = ||s_k B_k A_k||_F / sum_j ||s_j B_j A_j||_F     (per LoRA layer, not n_k),
@@ -10,7 +10,7 @@ beyond it shrink by the norm weight of their holders, zero-padding's rank collap
 client receives the average truncated to its rank. Locally, rank self-pruning adds
 lambda * ||B[:, p:r]|| * ||A[p:r, :]|| (p = floor(gamma r), summed over layers) to the loss, and a
 client whose pruned-part norm ends the round below where it ended its previous round (below its
-start in its first round; METHODS.md 5.3) lowers its rank to p (never below min_rank); the server
+start in its first round; docs/methods.md) lowers its rank to p (never below min_rank); the server
 keeps each client's last pruned-part norm. Lowering the rank from r to p raises the client's scale
 from alpha / r to alpha / p; the engine multiplies its kept B columns by p / r (executors.lower_rank),
 so its product keeps its value and only the pruned slots leave it. Pruning is the one way HetLoRA moves in a round in which

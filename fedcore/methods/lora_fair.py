@@ -1,5 +1,5 @@
 """LoRA-FAIR (Bian, Wang, Zhang, Xu, ICCV 2025, "Federated LoRA Fine-Tuning with Aggregation and
-Initialization Refinement"; METHODS.md 5.2): the server averages the factors (A_bar, B_bar, as
+Initialization Refinement"; docs/methods.md "LoRA-FAIR"): the server averages the factors (A_bar, B_bar, as
 FedIT at one rank; mixed ranks below), and corrects B with a residual found by
 
     dB* = argmin_dB  sum_l [1 - cos(dW_l, (B_bar_l + dB_l) A_bar_l)] + lambda * R(dB),
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedcore import lora
-from fedcore.seeds import derive_seed
+from fedcore.seeds import Purpose, derive_seed
 from fedcore.methods.base import ClientUpdate, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
@@ -134,4 +134,4 @@ class LoRAFAIR(LoRAMethod):
     def generator(self, round_: int) -> torch.Generator:
         """The server's draws of one round (delta_init xavier): a fresh start every round, the same one
         when a round is run again (a resumed run, a re-run with the same seed)."""
-        return torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, 11))
+        return torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, Purpose.LORA_FAIR_ROUND))

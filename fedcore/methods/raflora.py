@@ -1,5 +1,5 @@
 """raFLoRA (Wu, Hu, Min, Wang 2026, "Preventing Rank Collapse in Federated Low-Rank Adaptation with
-Client Heterogeneity", Alg. 1 / Eq. 8 as reconstructed in METHODS.md 4.3): rank-partitioned
+Client Heterogeneity", Alg. 1 / Eq. 8 as reconstructed in docs/methods.md "raFLoRA"): rank-partitioned
 aggregation. With the distinct ranks r_(1) < ... < r_(M) of all clients, partition m holds the
 ranks [r_(m-1), r_(m)); only clients with r_k >= r_(m) (its contributors C_m) carry it, and their
 weights are renormalised over C_m so that every partition has total weight one:

@@ -6,7 +6,7 @@ of one prompt per class (`template` filled with the class's prompt name), times 
 
     z(x)_c = scale * cos(E(x), E(prompt_c))
 
-the text analogue of CLIP's zero-shot recipe (METHODS.md 2.2 and 3.4). The logits serve as the
+the text analogue of CLIP's zero-shot recipe (docs/methods.md "Foundation-model priors"). The logits serve as the
 frozen teacher of Fed-LPFM and as the zero-shot baseline row of the studies. `zero_shot_features`
 gives the two factors of those logits (the samples' and the class prompts' normalised embeddings,
 text or CLIP image), from which fedcore/teacher.py fine-tunes a client's head.
