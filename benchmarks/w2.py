@@ -46,15 +46,15 @@ def equality(steps: int) -> float:
 
     fed = make("sequential", min(steps, 4), dropout=0.0, max_train=2000)
     cohort = fed.sample_clients(1)
-    a = fed.executor.run(fed, cohort, 1)
-    b = BatchedLoRAExecutor(fed).run(fed, cohort, 1)
+    a = fed.train_cohort(cohort, 1)
+    b = BatchedLoRAExecutor(fed.resident).run(fed.resident, fed.plan(cohort), 1, fed.server_state)
     return max(float((x.state[n] - y.state[n]).abs().max()) for x, y in zip(a, b) for n in x.state)
 
 
 def train_seconds(fed) -> float:
     cohort = fed.sample_clients(fed.round + 1)
     t = time.perf_counter()
-    fed.executor.run(fed, cohort, fed.round + 1)
+    fed.train_cohort(cohort, fed.round + 1)
     if fed.cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t

@@ -267,7 +267,8 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) -> dict[str, float]:
+def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, prev_ranks,
+                       prev_server=None) -> dict[str, float]:
     """Rank-collapse and communication metrics of a LoRA round (docs/metrics.md "LoRA rounds"; docs/methods.md "raFLoRA").
 
     The global update of layer l is everything the federation has added to its frozen base weight:
@@ -284,10 +285,9 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) 
 
     from fedcore import lora
 
-    lcfg = fed.cfg.model.lora
-    ranks = sorted({int(r) for r in fed.server_state["ranks"].tolist()})
+    ranks = sorted({int(r) for r in server_state["ranks"].tolist()})
     s_max = lora.scale(lcfg.alpha, lcfg.resident_rank)
-    layers = lora.lora_layers(fed.global_state)
+    layers = lora.lora_layers(global_state)
 
     def total(state, server, prefix, a, b):
         delta = lora.product(state[a], state[b], s_max)
@@ -296,7 +296,7 @@ def lora_round_metrics(fed, updates, prev_global, prev_ranks, prev_server=None) 
 
     fractions, eff, increments = [], [], []
     for prefix, (a, b) in layers.items():
-        delta = total(fed.global_state, fed.server_state, prefix, a, b)
+        delta = total(global_state, server_state, prefix, a, b)
         s2 = torch.linalg.svdvals(delta) ** 2  # one SVD for both: they are on every LoRA round's path
         fractions.append(lora.energy_fractions(delta, ranks, s2))
         eff.append(lora.effective_rank(delta, s2))

@@ -25,12 +25,12 @@ SUPPORTED = [("fedavg", {}), ("fedavgw", {}), ("fedit", HETERO), ("ffa_lora", {}
 @pytest.mark.parametrize("method,extra", SUPPORTED, ids=[m for m, _ in SUPPORTED])
 def test_batched_updates_equal_sequential_ones(method, extra):
     fed = Federation(make_config(BASE, **{"method.name": method, **extra}))
-    assert refusal(fed) is None
+    assert refusal(fed.resident) is None
     cohort = fed.sample_clients(1)
     steps = sorted(len(fed.data.client_train[k]) // 8 for k in cohort)
     assert steps[0] < steps[-1]  # clients of different sizes: the short ones drop out of later steps
-    sequential = fed.executor.run(fed, cohort, 1)
-    batched = BatchedLoRAExecutor(fed).run(fed, cohort, 1)
+    sequential = fed.train_cohort(cohort, 1)
+    batched = BatchedLoRAExecutor(fed.resident).run(fed.resident, fed.plan(cohort), 1, fed.server_state)
     for s, b in zip(sequential, batched):
         assert (s.client, s.num_samples, s.rank) == (b.client, b.num_samples, b.rank)
         assert s.metrics["steps"] == b.metrics["steps"] and s.metrics["train_loss"] == pytest.approx(b.metrics["train_loss"], rel=1e-4)

@@ -136,12 +136,12 @@ def test_zero_shot_head_model_starts_at_the_teacher_and_the_teacher_mirrors_it(f
 
 def test_stage_two_leaves_every_global_parameter_bit_identical(fed):
     cohort = fed.sample_clients(1)
-    updates = fed.executor.run(fed, cohort, 1)
+    updates = fed.train_cohort(cohort, 1)
     new_global, new_server = fed.method.aggregate(fed.global_state, fed.server_state, updates)
     fed.global_state, fed.server_state = new_global, dict(new_server)
     load_state(fed.params, new_global)
     before = {n: p.detach().clone() for n, p in fed.model.named_parameters()}
-    held = fed.executor.personalize(fed, cohort, 1)
+    held = fed.personalize(cohort, 1)
     for n, p in fed.model.named_parameters():
         assert torch.equal(p, before[n]), n  # frozen base and global branch as they were
     assert all(torch.equal(fed.global_state[n], new_global[n]) for n in new_global)

@@ -105,7 +105,7 @@ def test_batch_norm_statistics_travel_with_the_weights():
     assert key in fed.global_state and "model.bn1.running_var" in fed.global_state
     assert torch.equal(fed.global_state[key], torch.zeros_like(fed.global_state[key]))
     cohort = fed.sample_clients(1)
-    updates = fed.executor.run(fed, cohort, 1)
+    updates = fed.train_cohort(cohort, 1)
     assert all(not torch.equal(u.state[key], fed.global_state[key]) for u in updates)  # each client's own statistics
     new, _ = fed.method.aggregate(fed.global_state, fed.server_state, updates)
     expect = weighted_average([u.state for u in updates], size_weights(updates), [key])[key]

@@ -34,7 +34,7 @@ def test_clients_train_at_their_rank_and_scale(monkeypatch):
         original(ctx)
 
     monkeypatch.setattr(fed.method, "on_local_end", spy)
-    updates = fed.executor.run(fed, [0, 1, 2, 3], 1)
+    updates = fed.train_cohort([0, 1, 2, 3], 1)
     assert {k: v for k, v in seen.items()} == {0: (1, {8.0}), 1: (2, {4.0}), 2: (4, {2.0}), 3: (4, {2.0})}
     assert {layer.scaling["default"] for layer in layers} == {2.0}  # back to alpha / r_max for evaluation
     for u in updates:

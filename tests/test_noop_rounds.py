@@ -321,7 +321,7 @@ def test_hetlora_pruning_only_drops_slots(monkeypatch):
     start = {k: fed.method.client_start_state(fed.global_state, fed.server_state, k) for k in range(4)}
     ranks_before = fed.server_state["ranks"].tolist()
     no_learning(monkeypatch)
-    updates = fed.executor.run(fed, list(range(4)), 2)
+    updates = fed.train_cohort(list(range(4)), 2)
     alpha, r_max = cfg.model.lora.alpha, cfg.model.lora.resident_rank
     pruned = [u for u in updates if u.rank < ranks_before[u.client]]
     assert pruned, "the rule pruned nobody: the case is not exercised"

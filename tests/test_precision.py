@@ -29,7 +29,7 @@ def test_bf16_runs_the_forward_in_bfloat16_and_keeps_float32_state():
     updates = {}
     for p, fed in feds.items():
         seen, handles = linear_output_dtypes(fed.model)
-        updates[p] = fed.executor.run(fed, fed.sample_clients(1), 1)
+        updates[p] = fed.train_cohort(fed.sample_clients(1), 1)
         for h in handles:
             h.remove()
         assert seen == ({torch.bfloat16} if p == "bf16" else {torch.float32}), p
@@ -52,9 +52,9 @@ def test_bf16_runs_the_forward_in_bfloat16_and_keeps_float32_state():
 def test_bf16_batched_executor_follows_the_bf16_sequential_one():
     fed = Federation(make_config(BASE, precision="bf16"))
     cohort = fed.sample_clients(1)
-    sequential = fed.executor.run(fed, cohort, 1)
+    sequential = fed.train_cohort(cohort, 1)
     seen, handles = linear_output_dtypes(fed.model)
-    batched = BatchedLoRAExecutor(fed).run(fed, cohort, 1)
+    batched = BatchedLoRAExecutor(fed.resident).run(fed.resident, fed.plan(cohort), 1, fed.server_state)
     assert torch.bfloat16 in seen
     for s, b in zip(sequential, batched):
         for name in s.state:  # bfloat16 products over a bigger batch round differently: a looser tolerance

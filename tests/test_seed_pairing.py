@@ -74,9 +74,9 @@ def test_the_round_samples_that_cohort(cells):
     seen = []
     run = fed.executor.run
 
-    def recording(f, cohort, round_):
-        seen.append(list(cohort))
-        return run(f, cohort, round_)
+    def recording(res, plan, round_, server_state):
+        seen.append([p.client for p in plan])
+        return run(res, plan, round_, server_state)
     fed.executor.run = recording
     fed.run_round()
     assert seen == [expected] and len(expected) == 3

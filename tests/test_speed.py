@@ -67,20 +67,20 @@ def test_row_sparse_is_used_only_where_nothing_touches_gradients():
 class PlainExecutor(SequentialExecutor):
     """The executor before the speed work: state copied in, a clone of it out."""
 
-    def run(self, fed, cohort, round_):
-        cfg, updates = fed.cfg, []
-        for k in cohort:
-            start = fed.method.client_start_state(fed.global_state, fed.server_state, k)
-            load_state(fed.params, start)
+    def run(self, res, plan, round_, server_state):
+        cfg, updates = res.cfg, []
+        for p in plan:
+            k = p.client
+            load_state(res.params, p.start)
             seed = derive_seed(cfg.seed, round_, k, Purpose.LOCAL_TRAINING)
             torch.manual_seed(seed)
-            idx = fed.data.client_train[k]
-            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=fed.params, start_state=start,
-                               server=fed.server_state, model=fed.model)
-            stats = local.train_local(fed.model, fed.method, ctx, fed.data.train_inputs, fed.data.train_labels, idx,
+            idx = res.data.client_train[k]
+            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params, start_state=p.start,
+                               server=server_state, model=res.model)
+            stats = local.train_local(res.model, res.method, ctx, res.data.train_inputs, res.data.train_labels, idx,
                                       epochs=cfg.local_epochs, batch_size=cfg.batch_size, ocfg=cfg.optimizer,
                                       generator=torch.Generator().manual_seed(seed), device=cfg.device)
-            updates.append(ClientUpdate(k, len(idx), snapshot(fed.params), stats))
+            updates.append(ClientUpdate(k, len(idx), snapshot(res.params), stats))
         return updates
 
 

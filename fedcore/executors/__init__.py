@@ -9,27 +9,29 @@ import os
 
 import torch
 
+from fedcore.assembly import Resident
 from fedcore.data.tokenize import cache_dir
 from fedcore.executors import batched
 from fedcore.executors.batched import BatchedLoRAExecutor, refusal
 from fedcore.executors.sequential import SequentialExecutor
+from fedcore.methods.base import State
 
 __all__ = ["BatchedLoRAExecutor", "SequentialExecutor", "choose_executor", "refusal"]
 
 
-def choose_executor(fed):
+def choose_executor(res: Resident, global_state: State):
     """(executor, why): the configured one, or with `auto` the faster of sequential and batched for this
     model, device and batch shape (measured once, cached in the tensor cache directory)."""
-    cfg = fed.cfg
+    cfg = res.cfg
     if cfg.executor == "sequential":
         return SequentialExecutor(), "configured"
     if cfg.executor == "batched":
-        return BatchedLoRAExecutor(fed), "configured"
-    reason = refusal(fed)
+        return BatchedLoRAExecutor(res), "configured"
+    reason = refusal(res)
     if reason is not None:
         return SequentialExecutor(), f"auto: batched does not apply ({reason})"
-    cohort = cfg.clients_per_round or fed.data.num_clients
-    clients = list(range(min(cohort, cfg.executor_clients or cohort, fed.data.num_clients)))
+    cohort = cfg.clients_per_round or res.data.num_clients
+    clients = list(range(min(cohort, cfg.executor_clients or cohort, res.data.num_clients)))
     device = torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device.startswith("cuda") else "cpu"
     lcfg = cfg.model.lora
     key = "|".join(map(str, (cfg.model.name, cfg.model.head, lcfg.resident_rank, cfg.device, device, cfg.batch_size,
@@ -41,10 +43,11 @@ def choose_executor(fed):
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = batched.time_step(fed, "batched", clients) / batched.time_step(fed, "sequential", clients)
+        known[key] = (batched.time_step(res, global_state, "batched", clients)
+                      / batched.time_step(res, global_state, "sequential", clients))
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, path)
     ratio = known[key]
     why = f"auto: one pass of {len(clients)} clients took {ratio:.2f}x the time of their sequential steps on {cfg.device}"
-    return (BatchedLoRAExecutor(fed) if ratio < 0.95 else SequentialExecutor()), why
+    return (BatchedLoRAExecutor(res) if ratio < 0.95 else SequentialExecutor()), why

@@ -28,17 +28,18 @@ from torch import nn
 
 from fedcore.data import take
 from fedcore.local import DivergedError, autocast, make_optimizer
-from fedcore.methods.base import ClientUpdate, Method
+from fedcore.assembly import Resident
+from fedcore.methods.base import ClientPlan, ClientUpdate, Method, State
 from fedcore.params import load_state, zero_beyond_rank
 from fedcore.seeds import Purpose, derive_seed
 
 HOOKS = ("on_local_start", "local_loss", "after_backward", "on_local_end", "build_model")
 
 
-def refusal(fed) -> str | None:
+def refusal(res: Resident) -> str | None:
     """Why the batched executor cannot run this federation (None when it can)."""
-    cfg, method = fed.cfg, fed.method
-    if cfg.model.tuning != "lora" or not fed.lora:
+    cfg, method = res.cfg, res.method
+    if cfg.model.tuning != "lora" or not res.lora:
         return f"it batches LoRA adapters over a frozen base, and model.tuning is {cfg.model.tuning!r}"
     changed = [h for h in HOOKS if getattr(type(method), h) is not getattr(Method, h)]
     if changed or method.personalizes:
@@ -46,27 +47,27 @@ def refusal(fed) -> str | None:
                 f"only the plain cross-entropy update runs batched")
     if cfg.max_local_steps is None and cfg.local_epochs < 1:
         return "no local steps"
-    layers, heads = _trainable_modules(fed)
-    others = {n for n, _ in fed.params} - {n for pair in layers.values() for n in pair} \
+    layers, heads = _trainable_modules(res)
+    others = {n for n, _ in res.params} - {n for pair in layers.values() for n in pair} \
         - {n for own in heads.values() for n in own.values()}
     if others:
         return f"trainable tensors outside LoRA layers and linear heads ({sorted(others)[0]})"
     return None
 
 
-def _trainable_modules(fed) -> tuple[dict[nn.Module, tuple[str, str]], dict[nn.Module, dict[str, str]]]:
+def _trainable_modules(res: Resident) -> tuple[dict[nn.Module, tuple[str, str]], dict[nn.Module, dict[str, str]]]:
     """{peft LoRA layer: (A name, B name)} and {trainable nn.Linear head: {"weight"/"bias": name}}."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    names = {id(p): n for n, p in fed.params}
+    names = {id(p): n for n, p in res.params}
     layers, heads = {}, {}
-    for module in fed.model.modules():
+    for module in res.model.modules():
         if isinstance(module, LoraLinear) and "default" in module.lora_A:
             a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
             if id(a) in names and id(b) in names:
                 layers[module] = (names[id(a)], names[id(b)])
     factors = {n for pair in layers.values() for n in pair}
-    for module in fed.model.modules():
+    for module in res.model.modules():
         if isinstance(module, nn.Linear):
             own = {attr: names[id(p)] for attr, p in module.named_parameters(recurse=False)
                    if id(p) in names and names[id(p)] not in factors}
@@ -122,34 +123,31 @@ def client_batches(idx: np.ndarray, seed: int, epochs: int, batch_size: int, max
 class BatchedLoRAExecutor:
     name = "batched"
 
-    def __init__(self, fed):
-        reason = refusal(fed)
+    def __init__(self, res: Resident):
+        reason = refusal(res)
         if reason is not None:
             raise ValueError(f"executor: 'batched' cannot run this config: {reason}; use executor 'sequential' or 'auto'")
-        self.layers, self.heads = _trainable_modules(fed)
+        self.layers, self.heads = _trainable_modules(res)
 
-    def run(self, fed, cohort: list[int], round_: int) -> list[ClientUpdate]:
-
-        cfg = fed.cfg
-        ranks = fed.server_state.get("ranks")
+    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: State) -> list[ClientUpdate]:
+        cfg = res.cfg
         alpha, resident = cfg.model.lora.alpha, cfg.model.lora.resident_rank
         work = []
-        for k in cohort:
-            rank = int(ranks[k]) if ranks is not None else None
-            start = fed.method.client_start_state(fed.global_state, fed.server_state, k)
-            t = {n: start[n].to(cfg.device, copy=True).requires_grad_(fed.method.trains_locally(n)) for n, _ in fed.params}
+        for p in plan:
+            k, rank = p.client, p.rank
+            t = {n: p.start[n].to(cfg.device, copy=True).requires_grad_(res.method.trains_locally(n)) for n, _ in res.params}
             if rank is not None:
                 zero_beyond_rank(list(t.items()), rank)
-            idx = fed.data.client_train[k]
+            idx = res.data.client_train[k]
             batches = client_batches(idx, derive_seed(cfg.seed, round_, k, Purpose.LOCAL_TRAINING), cfg.local_epochs, cfg.batch_size,
                                      cfg.max_local_steps)
             work.append({"client": k, "n": len(idx), "rank": rank, "tensors": t, "batches": batches,
-                         "scale": alpha / (rank or resident),
+                         "scale": p.scale if p.scale is not None else alpha / resident,
                          "loss": torch.zeros((), dtype=torch.float64, device=cfg.device)})
         group = cfg.executor_clients or len(work)
         ordered = sorted(work, key=lambda w: len(w["batches"]))  # similar step counts share a pass
         for i in range(0, len(ordered), group):
-            self._pass(fed, ordered[i:i + group], round_)
+            self._pass(res, ordered[i:i + group], round_)
         updates = []
         for w in work:
             steps = len(w["batches"])
@@ -162,11 +160,11 @@ class BatchedLoRAExecutor:
             updates.append(ClientUpdate(w["client"], w["n"], state, {"train_loss": mean, "steps": float(steps)}, w["rank"]))
         return updates
 
-    def _pass(self, fed, group: list[dict], round_: int) -> None:
-        cfg, data = fed.cfg, fed.data
+    def _pass(self, res: Resident, group: list[dict], round_: int) -> None:
+        cfg, data, model = res.cfg, res.data, res.model
         leaves = [t for w in group for t in w["tensors"].values() if t.requires_grad]
         opt = make_optimizer(cfg.optimizer, leaves)
-        fed.model.train()
+        model.train()
         torch.manual_seed(derive_seed(cfg.seed, round_, group[0]["client"], Purpose.PASS_DROPOUT))
         for step in range(max(len(w["batches"]) for w in group)):
             active = [w for w in group if step < len(w["batches"])]
@@ -178,7 +176,7 @@ class BatchedLoRAExecutor:
             y = data.train_labels[all_rows].to(cfg.device, non_blocking=True)
             with routed(self.layers, self.heads, bounds, [w["tensors"] for w in active], [w["scale"] for w in active]), \
                     autocast(cfg.precision, cfg.device):
-                logits = fed.model(batch)
+                logits = model(batch)
                 losses = [F.cross_entropy(logits[s:e], y[s:e]) for s, e in bounds]
             opt.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
@@ -187,38 +185,38 @@ class BatchedLoRAExecutor:
                 w["loss"] += loss.detach().to(torch.float64)
 
 
-def time_step(fed, executor: str, clients: list[int], repeats: int = 2) -> float:
+def time_step(res: Resident, global_state: State, executor: str, clients: list[int], repeats: int = 2) -> float:
     """Seconds of one forward + backward of `clients`' first batches (sequentially, or in one pass),
     the best of `repeats`; the model's parameters and the run's RNG are left as they were."""
-    cfg, data = fed.cfg, fed.data
+    cfg, data, model = res.cfg, res.data, res.model
     rows = [torch.as_tensor(data.client_train[k][:cfg.batch_size], dtype=torch.long) for k in clients]
-    tensors = [{n: fed.global_state[n].detach().clone().requires_grad_(True) for n, _ in fed.params} for _ in clients]
+    tensors = [{n: global_state[n].detach().clone().requires_grad_(True) for n, _ in res.params} for _ in clients]
     best = float("inf")
     with torch.random.fork_rng(devices=[]):
-        fed.model.train()
+        model.train()
         for _ in range(repeats + 1):  # the first is a warm-up
             t0 = time.perf_counter()
             if executor == "sequential":
                 for r in rows:
                     batch = take(data.train_inputs, r)
                     with autocast(cfg.precision, cfg.device):
-                        loss = F.cross_entropy(fed.model({k: v.to(cfg.device) for k, v in batch.items()}),
+                        loss = F.cross_entropy(model({k: v.to(cfg.device) for k, v in batch.items()}),
                                                data.train_labels[r].to(cfg.device))
                     loss.backward()
             else:
-                layers, heads = _trainable_modules(fed)
+                layers, heads = _trainable_modules(res)
                 ends = np.cumsum([len(r) for r in rows]).tolist()
                 bounds = list(zip([0, *ends[:-1]], ends))
                 all_rows = torch.cat(rows)
                 batch = {k: v.to(cfg.device) for k, v in take(data.train_inputs, all_rows).items()}
                 y = data.train_labels[all_rows].to(cfg.device)
                 with routed(layers, heads, bounds, tensors, [1.0] * len(rows)), autocast(cfg.precision, cfg.device):
-                    logits = fed.model(batch)
+                    logits = model(batch)
                     loss = torch.stack([F.cross_entropy(logits[s:e], y[s:e]) for s, e in bounds]).sum()
                 loss.backward()
             if cfg.device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
-        fed.model.zero_grad(set_to_none=True)
-    load_state(fed.params, fed.global_state)
+        model.zero_grad(set_to_none=True)
+    load_state(res.params, global_state)
     return best

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedcore.assembly import Resident
+from fedcore.config import OptimizerConfig
+from fedcore.evaluation import Evaluator
 from fedcore.local import train_local
-from fedcore.methods.base import ClientUpdate, LocalContext, client_key, client_state
+from fedcore.methods.base import ClientPlan, ClientUpdate, LocalContext, State, client_key, client_state
 from fedcore.params import load_fresh, load_state, lower_rank, set_lora_scaling, zero_beyond_rank
 from fedcore.seeds import Purpose, derive_seed
 
@@ -14,68 +17,66 @@ from fedcore.seeds import Purpose, derive_seed
 class SequentialExecutor:
     name = "sequential"
 
-    def run(self, fed, cohort: list[int], round_: int) -> list[ClientUpdate]:
-        cfg = fed.cfg
+    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: State) -> list[ClientUpdate]:
+        cfg, method, data = res.cfg, res.method, res.data
         updates = []
-        ranks = fed.server_state.get("ranks")
-        for k in cohort:
-            rank = int(ranks[k]) if ranks is not None else None
-            start = fed.method.client_start_state(fed.global_state, fed.server_state, k)
-            load_fresh(fed.params, start)
+        for p in plan:
+            k, rank = p.client, p.rank
+            load_fresh(res.params, p.start)
             if rank is not None:
-                zero_beyond_rank(fed.params, rank)
-                set_lora_scaling(fed.model, fed.cfg.model.lora.alpha / rank)
+                zero_beyond_rank(res.params, rank)
+                set_lora_scaling(res.model, p.scale)
             seed = derive_seed(cfg.seed, round_, k, Purpose.LOCAL_TRAINING)
             torch.manual_seed(seed)  # dropout and any other global-RNG draw
             gen = torch.Generator().manual_seed(seed)
-            idx = fed.data.client_train[k]
-            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=fed.params, start_state=start,
-                               rank=rank, server=fed.server_state, model=fed.model)
-            stats = train_local(fed.model, fed.method, ctx, fed.data.train_inputs, fed.data.train_labels, idx,
+            idx = data.client_train[k]
+            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params, start_state=p.start,
+                               rank=rank, server=server_state, model=res.model)
+            stats = train_local(res.model, method, ctx, data.train_inputs, data.train_labels, idx,
                                 epochs=cfg.local_epochs, batch_size=cfg.batch_size, ocfg=cfg.optimizer,
                                 generator=gen, device=cfg.device, max_steps=cfg.max_local_steps,
                                 precision=cfg.precision)
-            fed.method.on_local_end(ctx)
+            method.on_local_end(ctx)
             stats.update(ctx.report)
             if ctx.rank is not None and rank is not None and ctx.rank < rank:
-                lower_rank(fed.params, rank, ctx.rank)
+                lower_rank(res.params, rank, ctx.rank)
             elif ctx.rank is not None:
-                zero_beyond_rank(fed.params, ctx.rank)
+                zero_beyond_rank(res.params, ctx.rank)
             # the trained tensors themselves become the update (the next client gets fresh storage)
-            updates.append(ClientUpdate(k, len(idx), {n: p.detach() for n, p in fed.params}, stats, ctx.rank))
-        load_fresh(fed.params, {n: p.detach() for n, p in fed.params})  # the last update no longer aliases the model
-        if ranks is not None:
-            set_lora_scaling(fed.model, fed.cfg.model.lora.alpha / fed.cfg.model.lora.resident_rank)
+            updates.append(ClientUpdate(k, len(idx), {n: q.detach() for n, q in res.params}, stats, ctx.rank))
+        load_fresh(res.params, {n: q.detach() for n, q in res.params})  # the last update no longer aliases the model
+        if res.lora:
+            set_lora_scaling(res.model, cfg.model.lora.alpha / cfg.model.lora.resident_rank)
         return updates
 
-    def personalize(self, fed, cohort: list[int], round_: int) -> dict[str, torch.Tensor]:
-        """Stage 2 of a personalizing method: each cohort client's private branch (its own values of
-        the trainable tensors, on the same frozen base) trained on top of the frozen global branch.
-        Returns the updated client-held tensors (server-state keys client/<k>/<name>)."""
-        from fedcore.config import OptimizerConfig
-
-        cfg, data, method = fed.cfg, fed.data, fed.method
-        names = [n for n, _ in fed.params]
+    def personalize(self, res: Resident, evaluator: Evaluator, global_state: State, server_state: State,
+                    initial_state: State, cohort: list[int], round_: int) -> dict[str, torch.Tensor]:
+        """Stage 2 of a personalizing method (its `personal_stage`): each cohort client's private branch
+        (its own values of the trainable tensors, on the same frozen base) trained on top of the frozen
+        global branch. Returns the updated client-held tensors (server-state keys client/<k>/<name>)."""
+        cfg, data, method = res.cfg, res.data, res.method
+        names = res.names()
+        stage = method.personal_stage()
         # the global branch is frozen: its logits on each client's rows, once, in eval mode
-        load_state(fed.params, fed.global_state)
-        global_logits = {k: fed.logits(data.train_inputs, data.client_train[k]) for k in cohort}
-        ocfg = OptimizerConfig(name="sgd", lr=method.params.personal_lr, momentum=0.0, weight_decay=0.0)
+        load_state(res.params, global_state)
+        global_logits = {k: evaluator.logits(data.train_inputs, data.client_train[k]) for k in cohort}
+        ocfg = OptimizerConfig(name="sgd", lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
         held: dict[str, torch.Tensor] = {}
         for k in cohort:
             idx = torch.as_tensor(data.client_train[k], dtype=torch.long)
             rows = {key: v[idx] for key, v in data.train_inputs.items()}
             rows["global_logits"] = global_logits[k]
-            load_state(fed.params, client_state(fed.server_state, k, names, fed.initial_state))
+            load_state(res.params, client_state(server_state, k, names, initial_state))
             seed = derive_seed(cfg.seed, round_, k, Purpose.PERSONALIZE)
             torch.manual_seed(seed)
-            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=fed.params,
-                               start_state=fed.global_state, server=fed.server_state, model=fed.model)
-            train_local(fed.model, PrivateBranch(method), ctx, rows, data.train_labels[idx], np.arange(len(idx)),
-                        epochs=method.params.personal_epochs, batch_size=cfg.batch_size, ocfg=ocfg,
+            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params,
+                               start_state=global_state, server=server_state, model=res.model)
+            train_local(res.model, PrivateBranch(method), ctx, rows, data.train_labels[idx], np.arange(len(idx)),
+                        epochs=stage.epochs, batch_size=cfg.batch_size, ocfg=ocfg,
                         generator=torch.Generator().manual_seed(seed), device=cfg.device,
                         max_steps=cfg.max_local_steps, precision=cfg.precision)
-            held.update({client_key(k, n): p.detach().clone() for n, p in fed.params})
-        load_state(fed.params, fed.global_state)
+            held.update({client_key(k, n): p.detach().clone() for n, p in res.params})
+        load_state(res.params, global_state)
         return held
 
 

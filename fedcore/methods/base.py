@@ -30,6 +30,27 @@ class ClientUpdate:
     rank: int | None = None  # its LoRA rank after the round (LoRA factors are zero beyond it)
 
 
+@dataclass(frozen=True)
+class ClientPlan:
+    """One client's part of a round, as the engine plans it before the executor runs it."""
+    client: int
+    start: State  # what the server sends it (Method.client_start_state)
+    rank: int | None = None  # its LoRA rank (LoRA runs): factors are zero beyond it
+    scale: float | None = None  # its LoRA scale alpha / rank
+
+
+@dataclass(frozen=True)
+class PersonalStage:
+    """Stage 2 of a personalizing method, which the engine runs after every aggregation: for each client
+    of the round, its private branch (its own copy of the trainable tensors, on the same frozen base)
+    trained on top of the frozen, just-aggregated global branch, with the method's `personal_loss`,
+    by a fresh SGD optimizer per client and round."""
+    lr: float
+    epochs: int
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
 @dataclass
 class LocalContext:
     """What a method's local hooks may read: which round and client, and scratch space."""
@@ -127,6 +148,10 @@ class Method:
     def build_model(self, make):
         """The resident model, from `make()` (which builds one from the config). FML builds two."""
         return make()
+
+    def personal_stage(self) -> PersonalStage:
+        """How stage 2 trains each private branch (only for methods that personalize)."""
+        raise NotImplementedError
 
     def personal_loss(self, global_logits: torch.Tensor, private_logits: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,10 @@ just-aggregated global branch is frozen (logits l_G, eval mode) and the client's
     (1 - lambda) CE(y, l_G + l_P) + lambda CE(y, l_P)
 
 The personalized model predicts l_G + l_P on the client's local test split; the global model alone
-is scored on the balanced test set. The engine runs stage 2 and the personalized evaluation
-(`personalizes`); a client never sampled keeps its initial private branch.
+is scored on the balanced test set. The method says how stage 2 trains (`personal_stage`,
+`personal_loss`, `personal_logits` below); the engine runs it for each client of the round and
+scores the personalized models (`personalizes`); a client never sampled keeps its initial private
+branch.
 
 Paper vs code (docs/methods.md): lambda 0.9 is the paper's default (the code's is 0.99); the code
 trains all clients in round 0 and shares one SGD optimizer (with momentum) across clients and
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedcore.alignment import plain_kl, purify, tkl_align_loss
-from fedcore.methods.base import LocalContext
+from fedcore.methods.base import LocalContext, PersonalStage
 from fedcore.methods.fedit import FedIT
 
 
@@ -101,6 +103,12 @@ class FedPuReL(FedIT):
     def on_local_end(self, ctx: LocalContext) -> None:
         if ctx.scratch.get("tensors"):
             ctx.report["metric/purified_fraction"] = ctx.scratch["conflicts"] / ctx.scratch["tensors"]
+
+    # --- stage 2: residual personalization ---------------------------------------------------------
+    def personal_stage(self) -> PersonalStage:
+        # a fresh SGD without momentum for every client and round, as the paper describes (its code
+        # shares one optimizer with momentum across clients and rounds)
+        return PersonalStage(lr=self.params.personal_lr, epochs=self.params.personal_epochs)
 
     def personal_loss(self, global_logits: torch.Tensor, private_logits: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,8 @@ def check_method_class(cls: object, where: str) -> str | None:
         return f"{where} does not implement aggregate()"
     if cls.personalizes and cls.personal_loss is Method.personal_loss:
         return f"{where} personalizes but does not implement personal_loss()"
+    if cls.personalizes and cls.personal_stage is Method.personal_stage:
+        return f"{where} personalizes but does not implement personal_stage() (its stage-2 optimizer and epochs)"
     return None
 
 
