@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedcore.methods.base import State
+from fedcore.methods.base import ServerState, State
 
-STATE_VERSION = 1
+# 2: the server state as ServerState's fields; 1 (still read): one flat dict with the engine's keys
+# "ranks", "frozen_delta/<param>" and "client/<k>/<name>" beside the method's own
+STATE_VERSION = 2
 
 
 @dataclass
@@ -19,7 +21,7 @@ class RunState:
     """What the rounds so far have produced: everything the next round depends on."""
     round: int
     global_state: State  # the global trainable tensors
-    server_state: State  # the method's server state (with the engine's keys: ranks, client-held, ...)
+    server_state: ServerState
     history: list[dict[str, float]] = field(default_factory=list)  # each round's metrics
     last_eval: dict[str, float] | None = None  # the last evaluation's metrics, repeated until the next
 
@@ -31,7 +33,7 @@ def to_dict(state: RunState, fingerprint: str) -> dict:
         "round": state.round,
         # on the CPU, so that a state saved on a GPU node restores anywhere
         "global": {k: v.detach().cpu().clone() for k, v in state.global_state.items()},
-        "server": {k: v.detach().cpu().clone() for k, v in state.server_state.items()},
+        "server": {k: v.detach().cpu().clone() for k, v in flat_server(state.server_state).items()},
         "history": [dict(h) for h in state.history],
         "last_eval": dict(state.last_eval) if state.last_eval else {},
         "rng": {"torch": torch.get_rng_state(), "numpy": torch.as_tensor(np.random.get_state()[1].astype(np.int64)),
@@ -42,7 +44,7 @@ def to_dict(state: RunState, fingerprint: str) -> dict:
 def from_dict(sd: dict, fingerprint: str, weights: set[str], device: str) -> RunState:
     """The state in `sd` (checked against the run's config fingerprint and weight names), with the
     process's RNG states set to those saved."""
-    if sd.get("version") != STATE_VERSION:
+    if sd.get("version") not in (1, STATE_VERSION):
         raise ValueError(f"state version {sd.get('version')} is not {STATE_VERSION}")
     if sd["fingerprint"] != fingerprint:
         raise ValueError("this state was saved by a run with a different config; refusing to restore it")
@@ -54,8 +56,34 @@ def from_dict(sd: dict, fingerprint: str, weights: set[str], device: str) -> Run
     np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(rng["python"]), None))
     return RunState(round=int(sd["round"]), global_state={k: v.to(device) for k, v in sd["global"].items()},
-                    server_state={k: v.to(device) for k, v in sd["server"].items()},
+                    server_state=server_from_flat({k: v.to(device) for k, v in sd["server"].items()}, sd["version"]),
                     history=[dict(h) for h in sd["history"]], last_eval=dict(sd["last_eval"]) or None)
+
+
+def flat_server(server: ServerState) -> dict[str, torch.Tensor]:
+    """The server state as one dict of tensors (torch.load(weights_only=True) reads plain dicts)."""
+    out = {f"own/{k}": v for k, v in server.own.items()}
+    if server.ranks is not None:
+        out["ranks"] = server.ranks
+    out.update({f"frozen_delta/{k}": v for k, v in server.frozen_delta.items()})
+    out.update({f"held/{c}/{k}": v for c, held in server.held.items() for k, v in held.items()})
+    return out
+
+
+def server_from_flat(flat: dict[str, torch.Tensor], version: int) -> ServerState:
+    own, frozen, held, ranks = {}, {}, {}, flat.get("ranks")
+    client_prefix = "held/" if version >= 2 else "client/"
+    for key, value in flat.items():
+        if key.startswith("frozen_delta/"):
+            frozen[key.split("/", 1)[1]] = value
+        elif key.startswith(client_prefix):
+            _, client, name = key.split("/", 2)
+            held.setdefault(int(client), {})[name] = value
+        elif key.startswith("own/"):
+            own[key.split("/", 1)[1]] = value
+        elif version == 1 and key != "ranks":
+            own[key] = value
+    return ServerState(own=own, ranks=ranks, frozen_delta=frozen, held=held)
 
 
 def save(path: str | Path, sd: dict) -> Path:

@@ -11,7 +11,7 @@ from fedcore.alignment import tkl
 from fedcore.assembly import Resident
 from fedcore.data import take
 from fedcore.local import autocast
-from fedcore.methods.base import State, client_state
+from fedcore.methods.base import ServerState, State
 from fedcore.metrics import (class_summary, client_accuracies, client_summary, domain_summary, local_class_summary,
                              placeholder_row, teacher_summary)
 from fedcore.params import load_state
@@ -54,7 +54,7 @@ class Evaluator:
         """Predicted class of each row (all rows when `rows` is None), in the order given."""
         return self.logits(inputs, rows).argmax(-1).numpy()
 
-    def evaluate(self, global_state: State, server_state: State, initial_state: State) -> dict[str, float]:
+    def evaluate(self, global_state: State, server_state: ServerState, initial_state: State) -> dict[str, float]:
         """Metrics of the global model for ALL clients and on the balanced global test set (each
         client's personalized model on its own test split, for a method that personalizes)."""
         res = self.res
@@ -93,14 +93,14 @@ class Evaluator:
         return out
 
     def personal_predictions(self, inputs: dict[str, torch.Tensor], client_rows: list[np.ndarray], global_state: State,
-                             server_state: State, initial_state: State) -> np.ndarray:
+                             server_state: ServerState, initial_state: State) -> np.ndarray:
         """Each client's personalized prediction (global + private branch) on its rows, concatenated."""
         res = self.res
         names = res.names()
         global_logits = [self.logits(inputs, r) for r in client_rows]
         preds = []
         for k, (r, lg) in enumerate(zip(client_rows, global_logits)):
-            load_state(res.params, client_state(server_state, k, names, initial_state))
+            load_state(res.params, server_state.held_state(k, names, initial_state))
             preds.append(res.method.personal_logits(lg, self.logits(inputs, r)).argmax(-1).numpy())
         load_state(res.params, global_state)
         return np.concatenate(preds) if preds else np.zeros(0, np.int64)

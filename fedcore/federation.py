@@ -23,7 +23,7 @@ from fedcore.data import FederatedData
 from fedcore.evaluation import Evaluator
 from fedcore.executors import choose_executor
 from fedcore.local import DivergedError
-from fedcore.methods.base import ClientPlan, ClientUpdate, State
+from fedcore.methods.base import ClientPlan, ClientUpdate, ServerState, State
 from fedcore.metrics import lora_round_metrics
 from fedcore.models import count_params
 from fedcore.params import FrozenDeltas, load_state, snapshot
@@ -40,10 +40,11 @@ class Federation:
         res = self.resident
         global_state = snapshot(res.params)
         self.initial_state = global_state  # what a client-held copy starts from (never changed in place)
-        server_state = res.method.init_server_state(global_state)
+        server_state = ServerState(own=res.method.init_server_state(global_state))
         if res.lora:  # each client's rank (zero beyond it in the r_max model); methods may lower them
             ranks = client_ranks(cfg.model.lora, cfg.partition.num_clients, cfg.seed)
-            server_state["ranks"] = torch.tensor([ranks[c] for c in res.data.client_ids], dtype=torch.long)
+            server_state = server_state.updated(
+                ranks=torch.tensor([ranks[c] for c in res.data.client_ids], dtype=torch.long))
         self.state = RunState(0, global_state, server_state)
         self.frozen = FrozenDeltas(res.model)
         self.evaluator = Evaluator(res)
@@ -69,11 +70,11 @@ class Federation:
         self.state.global_state = value
 
     @property
-    def server_state(self) -> State:
+    def server_state(self) -> ServerState:
         return self.state.server_state
 
     @server_state.setter
-    def server_state(self, value: State) -> None:
+    def server_state(self, value: ServerState) -> None:
         self.state.server_state = value
 
     # --- one round ---------------------------------------------------------------------------
@@ -86,10 +87,10 @@ class Federation:
 
     def plan(self, cohort: list[int]) -> list[ClientPlan]:
         """Each cohort client's part of the round: what it starts from, its rank and scale."""
-        ranks, alpha = self.server_state.get("ranks"), self.cfg.model.lora.alpha
+        alpha = self.cfg.model.lora.alpha
         out = []
         for k in cohort:
-            rank = int(ranks[k]) if ranks is not None else None
+            rank = self.server_state.rank_of(k)
             start = self.method.client_start_state(self.global_state, self.server_state, k)
             out.append(ClientPlan(k, start, rank, alpha / rank if rank is not None else None))
         return out
@@ -98,8 +99,8 @@ class Federation:
         """The cohort's local updates of round `round_`, from the current state (nothing else changes)."""
         return self.executor.run(self.resident, self.plan(cohort), round_, self.server_state)
 
-    def personalize(self, cohort: list[int], round_: int) -> State:
-        """Stage 2 of a personalizing method, on the current global branch: the client-held tensors."""
+    def personalize(self, cohort: list[int], round_: int) -> dict[int, State]:
+        """Stage 2 of a personalizing method, on the current global branch: each client's held tensors."""
         return self.executor.personalize(self.resident, self.evaluator, self.global_state, self.server_state,
                                          self.initial_state, cohort, round_)
 
@@ -109,22 +110,25 @@ class Federation:
         cohort = self.sample_clients(round_)
         updates = self.train_cohort(cohort, round_)
         new_global, new_server = self.method.aggregate(self.global_state, self.server_state, updates)
+        if not isinstance(new_server, ServerState):
+            raise TypeError(f"method {self.method.name!r}: aggregate() returned a {type(new_server).__name__} as the "
+                            f"server state; return a fedcore.methods.base.ServerState (docs/plugins.md)")
         bad = [k for k, v in new_global.items() if not torch.isfinite(v).all()]
         if bad:
             raise DivergedError(f"round {round_}: aggregated weights are not finite ({bad[0]})")
-        new_server = dict(new_server)
-        method_metrics = {k.split("/", 1)[1]: float(new_server.pop(k)) for k in list(new_server)
-                          if k.startswith("metric/")}
-        if "ranks" in self.server_state:
-            ranks = self.server_state["ranks"].clone()
+        method_metrics = dict(new_server.reported)  # this aggregation's figures: reported, not kept
+        new_server = new_server.updated(reported={})
+        if self.server_state.ranks is not None:
+            ranks = self.server_state.ranks.clone()
             for u in updates:
                 ranks[u.client] = u.rank
-            new_server["ranks"] = ranks
-        prev_global, prev_ranks, prev_server = self.global_state, self.server_state.get("ranks"), self.server_state
+            new_server = new_server.updated(ranks=ranks)
+        prev_global, prev_ranks, prev_server = self.global_state, self.server_state.ranks, self.server_state
         self.state.global_state, self.state.server_state, self.state.round = new_global, new_server, round_
-        self.frozen.apply(self.server_state)
+        self.frozen.apply(self.server_state.frozen_delta)
         if self.method.personalizes:  # stage 2, on the just-aggregated global branch
-            self.server_state = {**self.server_state, **self.personalize(cohort, round_)}
+            self.server_state = self.server_state.updated(held={**self.server_state.held,
+                                                               **self.personalize(cohort, round_)})
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
         losses = np.array([u.metrics["train_loss"] for u in updates])
         metrics: dict[str, float] = {"round": float(round_), "cohort_size": float(len(cohort)),
@@ -134,8 +138,8 @@ class Federation:
                                      "max_client_size": float(self._sizes.max())}
         metrics.update(method_metrics)
         metrics["executor_batched"] = float(self.executor.name == "batched")
-        for key in (k for k in updates[0].metrics if k.startswith("metric/")):  # a method's client-side figures
-            metrics[key.split("/", 1)[1]] = float(np.average([u.metrics[key] for u in updates], weights=n))
+        for key in updates[0].reported:  # a method's client-side figures
+            metrics[key] = float(np.average([u.reported[key] for u in updates], weights=n))
         if self.lora:
             metrics.update(lora_round_metrics(self.cfg.model.lora, self.global_state, self.server_state, updates,
                                               prev_global, prev_ranks, prev_server))
@@ -187,7 +191,7 @@ class Federation:
     def load_state_dict(self, sd: dict) -> None:
         self.state = checkpoint.from_dict(sd, self.cfg.fingerprint(), set(self.global_state), self.cfg.device)
         load_state(self.params, self.global_state)
-        self.frozen.apply(self.server_state)
+        self.frozen.apply(self.server_state.frozen_delta)
 
     def save(self, path: str | Path) -> Path:
         return checkpoint.save(path, self.state_dict())

@@ -273,7 +273,7 @@ def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, p
 
     The global update of layer l is everything the federation has added to its frozen base weight:
     s_max * B_g A_g (the global adapter after aggregation) plus, for a method that merges updates
-    into the base (FLoRA: `frozen_delta/` in its server state), the deltas merged so far. The same
+    into the base (FLoRA: its server state's `frozen_delta`), the deltas merged so far. The same
     cumulative quantity for every method. Its energy inside the smallest client rank
     (`energy_shared`), outside it (`energy_outside_shared`), in each partition between consecutive
     distinct ranks (`energy_partition/<m>`, m = 1 the shared part) and its effective rank, averaged
@@ -285,13 +285,13 @@ def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, p
 
     from fedcore import lora
 
-    ranks = sorted({int(r) for r in server_state["ranks"].tolist()})
+    ranks = sorted({int(r) for r in server_state.ranks.tolist()})
     s_max = lora.scale(lcfg.alpha, lcfg.resident_rank)
     layers = lora.lora_layers(global_state)
 
     def total(state, server, prefix, a, b):
         delta = lora.product(state[a], state[b], s_max)
-        merged = (server or {}).get(f"frozen_delta/{lora.base_weight_key(prefix)}")
+        merged = server.frozen_delta.get(lora.base_weight_key(prefix)) if server is not None else None
         return delta if merged is None else delta + merged.to(torch.float64)
 
     fractions, eff, increments = [], [], []

@@ -54,18 +54,16 @@ def snapshot(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Te
 
 
 class FrozenDeltas:
-    """Frozen parameters set to their initial value plus the server state's "frozen_delta/<name>"
-    (FLoRA merges each round's stacked adapters into the base weights)."""
+    """Frozen parameters set to their initial value plus the server state's delta for them
+    (ServerState.frozen_delta: FLoRA merges each round's stacked adapters into the base weights)."""
 
     def __init__(self, model: torch.nn.Module):
         self._params = dict(model.named_parameters())
         self._initial: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def apply(self, server_state: dict[str, torch.Tensor]) -> None:
-        for key, delta in server_state.items():
-            if key.startswith("frozen_delta/"):
-                name = key.split("/", 1)[1]
-                if name not in self._initial:
-                    self._initial[name] = self._params[name].detach().clone()
-                self._params[name].copy_(self._initial[name] + delta.to(self._params[name].dtype))
+    def apply(self, deltas: dict[str, torch.Tensor]) -> None:
+        for name, delta in deltas.items():
+            if name not in self._initial:
+                self._initial[name] = self._params[name].detach().clone()
+            self._params[name].copy_(self._initial[name] + delta.to(self._params[name].dtype))

@@ -2,7 +2,7 @@ import torch
 import pytest
 
 from fedcore.methods import get_method
-from fedcore.methods.base import ClientUpdate, LocalContext
+from fedcore.methods.base import ClientUpdate, LocalContext, ServerState
 
 KEYS = ("layer.lora_A.weight", "layer.lora_B.weight", "classifier.weight")
 
@@ -18,10 +18,10 @@ def manual(ups, weights, key):
 
 def test_fedavg_is_size_weighted_mean():
     ups = updates()
-    out, server = get_method("fedavg").aggregate({}, {}, ups)
+    out, server = get_method("fedavg").aggregate({}, ServerState(), ups)
     for key in KEYS:
         torch.testing.assert_close(out[key], manual(ups, [0.1, 0.3, 0.6], key))
-    assert server == {}
+    assert server == ServerState()  # FedAvg keeps nothing between rounds
 
 
 def test_fedavgw_inverse_weights_on_lora_size_weights_on_head():
@@ -29,7 +29,7 @@ def test_fedavgw_inverse_weights_on_lora_size_weights_on_head():
     beta = 0.5
     inv = torch.tensor([10.0, 30.0, 60.0]) ** -beta
     w_lora = (inv / inv.sum()).tolist()
-    out, _ = get_method("fedavgw", {"beta": beta}).aggregate({}, {}, ups)
+    out, _ = get_method("fedavgw", {"beta": beta}).aggregate({}, ServerState(), ups)
     torch.testing.assert_close(out["layer.lora_A.weight"], manual(ups, w_lora, "layer.lora_A.weight"))
     torch.testing.assert_close(out["layer.lora_B.weight"], manual(ups, w_lora, "layer.lora_B.weight"))
     torch.testing.assert_close(out["classifier.weight"], manual(ups, [0.1, 0.3, 0.6], "classifier.weight"))
@@ -39,7 +39,7 @@ def test_fedavgw_inverse_weights_on_lora_size_weights_on_head():
 
 def test_fedavgw_beta_zero_is_uniform_on_lora():
     ups = updates()
-    out, _ = get_method("fedavgw", {"beta": 0.0}).aggregate({}, {}, ups)
+    out, _ = get_method("fedavgw", {"beta": 0.0}).aggregate({}, ServerState(), ups)
     torch.testing.assert_close(out["layer.lora_A.weight"], manual(ups, [1 / 3] * 3, "layer.lora_A.weight"))
     torch.testing.assert_close(out["classifier.weight"], manual(ups, [0.1, 0.3, 0.6], "classifier.weight"))
 
@@ -49,7 +49,7 @@ def test_fedit_averages_factors_not_products():
     # LoRA shapes: A is r x in (2 x 3), B is out x r (4 x 2); the update is B @ A
     ups = [ClientUpdate(k, n, {"l.lora_A.weight": torch.randn(2, 3, generator=g),
                                "l.lora_B.weight": torch.randn(4, 2, generator=g)}) for k, n in enumerate((1, 1, 2))]
-    out, _ = get_method("fedit").aggregate({}, {}, ups)
+    out, _ = get_method("fedit").aggregate({}, ServerState(), ups)
     w = [0.25, 0.25, 0.5]
     a = manual(ups, w, "l.lora_A.weight")
     b = manual(ups, w, "l.lora_B.weight")
@@ -62,7 +62,7 @@ def test_fedit_averages_factors_not_products():
 def test_fedit_refuses_updates_without_lora():
     ups = [ClientUpdate(0, 1, {"w": torch.ones(2)})]
     with pytest.raises(ValueError, match="no LoRA factors"):
-        get_method("fedit").aggregate({}, {}, ups)
+        get_method("fedit").aggregate({}, ServerState(), ups)
 
 
 def test_fedprox_gradient_is_the_proximal_term_gradient():
@@ -93,7 +93,7 @@ def test_fedavgw_splits_real_peft_keys():
     model = build_model(make_config({}, **{"model.name": "tiny-bert", "model.lora.r": 2}).model, 3)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     ups = [ClientUpdate(k, n, {name: torch.full((1,), float(k)) for name in names}) for k, n in enumerate((10, 90))]
-    out, _ = get_method("fedavgw", {"beta": 1.0}).aggregate({}, {}, ups)
+    out, _ = get_method("fedavgw", {"beta": 1.0}).aggregate({}, ServerState(), ups)
     w_inv = [0.9, 0.1]  # (1/10) / (1/10 + 1/90) = 0.9
     lora = [n for n in names if ".lora_A." in n or ".lora_B." in n]
     head = [n for n in names if "classifier" in n]

@@ -93,3 +93,46 @@ def test_seed_purposes_are_distinct_but_for_the_documented_alias_and_seeds_are_s
 
 
 VALUES = (6552642981223556445, 90828289179061452)  # derive_seed as of commit ec7e59d
+
+
+def as_version_1(sd: dict) -> dict:
+    """A state as the engine wrote it before the typed server state: one flat server dict."""
+    flat = {}
+    for key, value in sd["server"].items():
+        if key.startswith("own/"):
+            flat[key[len("own/"):]] = value
+        elif key.startswith("held/"):
+            flat["client/" + key[len("held/"):]] = value
+        else:
+            flat[key] = value
+    return {**sd, "version": 1, "server": flat}
+
+
+@pytest.mark.parametrize("case", ["fml-full", "flora-mixed", "hetlora-mixed"])
+def test_a_state_saved_before_the_typed_server_state_restores_exactly(case, tmp_path):
+    """FML keeps client-held models, FLoRA merged base deltas and a round counter, HetLoRA its own
+    norms: a version-1 checkpoint of each continues as the uninterrupted run."""
+    from tests.engine_golden import cases, model_hash
+
+    cfg = make_config({}, **cases()[case])
+    full = Federation(cfg)
+    ref = strip_time(full.run())
+    first = Federation(cfg)
+    first.run(rounds=2)
+    sd = as_version_1(first.state_dict())
+    assert sd["server"] and not any(k.startswith(("own/", "held/")) for k in sd["server"])
+    torch.save(sd, tmp_path / "v1.pt")
+    resumed = Federation(cfg)
+    resumed.restore(tmp_path / "v1.pt")
+    resumed.run()
+    same(ref, strip_time(resumed.history))
+    assert model_hash(resumed) == model_hash(full)
+
+
+def test_a_method_whose_aggregate_returns_a_dict_is_stopped_with_a_message():
+    fed = Federation(cfg_for("textcnn", rounds=1))
+    aggregate = fed.method.aggregate
+    fed.method.aggregate = lambda g, s, u: (aggregate(g, s, u)[0], {})
+    with pytest.raises(TypeError, match=r"method 'fedprox': aggregate\(\) returned a dict as the server state; "
+                                        r"return a fedcore.methods.base.ServerState"):
+        fed.run_round()

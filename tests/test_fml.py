@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fedcore.config import make_config
 from fedcore.federation import Federation
 from fedcore.methods import get_method
-from fedcore.methods.base import ClientUpdate, LocalContext, client_key
+from fedcore.methods.base import ClientUpdate, LocalContext, ServerState
 from fedcore.models.mutual import MutualPair
 
 BASE = {"data": {"source": "sklearn:digits"}, "model": {"name": "mlp", "hidden": 16},
@@ -61,11 +61,12 @@ def test_fml_aggregates_only_the_shared_model_and_keeps_each_private_one():
     g = {"shared.w": torch.zeros(2), "private.w": torch.full((2,), 9.0)}
     u = [ClientUpdate(0, 1, {"shared.w": torch.tensor([1.0, 2.0]), "private.w": torch.tensor([5.0, 5.0])}),
          ClientUpdate(2, 3, {"shared.w": torch.tensor([3.0, 6.0]), "private.w": torch.tensor([7.0, 1.0])})]
-    new, server = method.aggregate(g, {}, u)
+    new, server = method.aggregate(g, ServerState(), u)
     assert torch.allclose(new["shared.w"], torch.tensor([0.25 * 1 + 0.75 * 3, 0.25 * 2 + 0.75 * 6]))
     assert torch.equal(new["private.w"], g["private.w"])  # never averaged
-    assert torch.equal(server[client_key(0, "private.w")], torch.tensor([5.0, 5.0]))
-    assert torch.equal(server[client_key(2, "private.w")], torch.tensor([7.0, 1.0]))
+    assert torch.equal(server.held[0]["private.w"], torch.tensor([5.0, 5.0]))
+    assert torch.equal(server.held[2]["private.w"], torch.tensor([7.0, 1.0]))
+    assert server.own == {} and set(server.held) == {0, 2}
     # a client starts from the global meme model and its own private model (the initial one until it trained)
     start = method.client_start_state(new, server, 2)
     assert torch.equal(start["shared.w"], new["shared.w"]) and torch.equal(start["private.w"], torch.tensor([7.0, 1.0]))
@@ -79,7 +80,7 @@ def test_an_fml_round_trains_both_models_and_survives_a_checkpoint(tmp_path):
     m1 = fed.run_round()
     cohort = fed.sample_clients(1)
     for k in cohort:
-        private = {n: fed.server_state[client_key(k, n)] for n in init if n.startswith("private.")}
+        private = {n: fed.server_state.held[k][n] for n in init if n.startswith("private.")}
         assert any(not torch.equal(private[n], init[n]) for n in private)  # the private model trained
     assert any(not torch.equal(fed.global_state[n], init[n]) for n in init if n.startswith("shared."))
     assert all(torch.equal(fed.global_state[n], init[n]) for n in init if n.startswith("private."))

@@ -24,7 +24,7 @@ def tiny(method, **extra):
 
 def test_clients_train_at_their_rank_and_scale(monkeypatch):
     fed = Federation(tiny("fedit", executor="sequential"))  # it spies on the sequential loop's hooks
-    assert fed.server_state["ranks"].tolist() == [1, 2, 4, 4]
+    assert fed.server_state.ranks.tolist() == [1, 2, 4, 4]
     layers = [m for m in fed.model.modules() if isinstance(getattr(m, "scaling", None), dict) and hasattr(m, "lora_A")]
     seen = {}
     original = fed.method.on_local_end
@@ -66,7 +66,7 @@ def test_flora_merges_into_the_base_and_restores_exactly(tmp_path):
     fed.run_round()
     params = dict(fed.model.named_parameters())
     for n in base_names:
-        delta = fed.server_state[f"frozen_delta/{n}"]
+        delta = fed.server_state.frozen_delta[n]
         assert torch.count_nonzero(delta) > 0
         torch.testing.assert_close(params[n].detach(), before[n] + delta)
     merged = {n: params[n].detach().clone() for n in base_names}
@@ -77,14 +77,14 @@ def test_flora_merges_into_the_base_and_restores_exactly(tmp_path):
     for n in base_names:
         assert torch.equal(dict(again.model.named_parameters())[n].detach(), merged[n])
     assert again.run_round()["global_acc"] == last["global_acc"]
-    assert torch.equal(again.server_state[f"frozen_delta/{base_names[0]}"], fed.server_state[f"frozen_delta/{base_names[0]}"])
+    assert torch.equal(again.server_state.frozen_delta[base_names[0]], fed.server_state.frozen_delta[base_names[0]])
 
 
 def test_hetlora_ranks_shrink_and_lora_fair_reports_cosines():
     fed = Federation(tiny("hetlora", **{"method.params.gamma": 0.5, "method.params.prune_lambda": 20.0}))
     for _ in range(3):  # round 1 starts from B = 0: nothing to prune yet
         fed.run_round()
-    ranks = fed.server_state["ranks"].tolist()
+    ranks = fed.server_state.ranks.tolist()
     assert all(r <= r0 for r, r0 in zip(ranks, [1, 2, 4, 4])) and ranks != [1, 2, 4, 4]
     m = Federation(tiny("lora_fair")).run_round()
     assert 0 < m["cos_ideal_avg"] <= m["cos_ideal_corrected"] <= 1 + 1e-9
@@ -117,14 +117,13 @@ def test_energy_outside_shared_is_the_cumulative_update_for_flora_too():
 
     fed = Federation(tiny("flora", rounds=3))
     first = fed.run_round()
-    merged_1 = {k: v.clone() for k, v in fed.server_state.items() if k.startswith("frozen_delta/")}
+    merged_1 = {k: v.clone() for k, v in fed.server_state.frozen_delta.items()}
     second = fed.run_round()
-    ranks = sorted(set(fed.server_state["ranks"].tolist()))
+    ranks = sorted(set(fed.server_state.ranks.tolist()))
     total, step = [], []
-    for key, delta in fed.server_state.items():
-        if key.startswith("frozen_delta/"):
-            total.append(lora.energy_fractions(delta, ranks[:1])[1])
-            step.append(lora.energy_fractions(delta - merged_1[key], ranks[:1])[1])
+    for key, delta in fed.server_state.frozen_delta.items():
+        total.append(lora.energy_fractions(delta, ranks[:1])[1])
+        step.append(lora.energy_fractions(delta - merged_1[key], ranks[:1])[1])
     assert second["energy_outside_shared"] == pytest.approx(sum(total) / len(total), abs=1e-6)
     assert second["round_energy_outside_shared"] == pytest.approx(sum(step) / len(step), abs=1e-6)
     assert first["round_energy_outside_shared"] == pytest.approx(first["energy_outside_shared"], abs=1e-6)

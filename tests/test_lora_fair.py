@@ -6,7 +6,7 @@ import torch
 
 from fedcore import lora
 from fedcore.methods import get_method
-from fedcore.methods.base import ClientUpdate, size_weights
+from fedcore.methods.base import ClientUpdate, ServerState, size_weights
 from fedcore.methods.lora_fair import LoRAFAIRParams, objective, solve_residual
 
 OUT, IN, R = 6, 5, 4  # non-square, so that a transposed factor would fail
@@ -54,14 +54,14 @@ def product_unit_b(ups, alpha: float, **params) -> torch.Tensor:
 @pytest.mark.parametrize("ranks", [(None, None, None), (1, 2, 4)], ids=["equal-ranks", "mixed-ranks"])
 def test_residual_is_the_same_for_every_alpha_with_the_same_raw_factors(ranks):
     ups = updates(ranks)
-    results = {alpha: fair(alpha).aggregate({}, {}, ups) for alpha in (4.0, 16.0, 6.0, 40.0)}  # s_max 1, 4, 1.5, 10
+    results = {alpha: fair(alpha).aggregate({}, ServerState(), ups) for alpha in (4.0, 16.0, 6.0, 40.0)}  # s_max 1, 4, 1.5, 10
     ref, ref_srv = results[4.0]
     for alpha, (out, srv) in results.items():
         for key in (A0, B0, A1, B1):
             torch.testing.assert_close(out[key], ref[key], rtol=1e-6, atol=1e-7)
-        end = float(srv["metric/server_objective_end"])
-        assert end == pytest.approx(float(ref_srv["metric/server_objective_end"]), rel=1e-9)
-        assert float(srv["metric/server_steps_run"]) == float(ref_srv["metric/server_steps_run"])
+        end = float(srv.reported["server_objective_end"])
+        assert end == pytest.approx(float(ref_srv.reported["server_objective_end"]), rel=1e-9)
+        assert float(srv.reported["server_steps_run"]) == float(ref_srv.reported["server_steps_run"])
     avg = lora.holder_factor_average(ups, size_weights(ups), 4.0, R, lora.lora_layers(ups[0].state), {})
     assert (ref[B0] - avg[B0]).abs().max() > 1e-3  # the residual did something
     assert torch.equal(ref[A0], avg[A0])  # A stays the plain average
@@ -69,7 +69,7 @@ def test_residual_is_the_same_for_every_alpha_with_the_same_raw_factors(ranks):
 
 def test_the_old_product_unit_solution_moves_with_alpha_and_the_new_one_does_not():
     ups = updates()
-    new = {alpha: fair(alpha).aggregate({}, {}, ups)[0][B0] for alpha in (4.0, 16.0)}
+    new = {alpha: fair(alpha).aggregate({}, ServerState(), ups)[0][B0] for alpha in (4.0, 16.0)}
     old = {alpha: product_unit_b(ups, alpha) for alpha in (4.0, 16.0)}
     torch.testing.assert_close(old[4.0], new[4.0], rtol=1e-6, atol=1e-7)  # alpha = r: the units coincide
     assert (old[16.0] - new[16.0]).abs().max() > 1e-3  # s_max = 4: lambda * 4, server_lr / 16 before
@@ -81,8 +81,8 @@ def test_the_old_product_unit_solution_moves_with_alpha_and_the_new_one_does_not
 @pytest.mark.parametrize("lr", [0.05, 50.0])  # 50: steps that overshoot; the best iterate is kept
 def test_the_server_objective_never_rises(init, lr):
     ups = updates((1, 2, 4))
-    out, srv = fair(8.0, delta_init=init, server_lr=lr, reg="squared" if lr > 1 else "norm").aggregate({}, {}, ups)
-    start, end = float(srv["metric/server_objective_start"]), float(srv["metric/server_objective_end"])
+    out, srv = fair(8.0, delta_init=init, server_lr=lr, reg="squared" if lr > 1 else "norm").aggregate({}, ServerState(), ups)
+    start, end = float(srv.reported["server_objective_start"]), float(srv.reported["server_objective_end"])
     assert end <= start
     if lr < 1:
         assert end < start - 1e-4  # a small step does improve it
@@ -106,23 +106,23 @@ def _xavier_start(server_state, seed=0):
 
 
 def test_xavier_start_is_drawn_per_round_and_repeats_when_the_round_is_rerun():
-    first, srv1 = _xavier_start({})
-    again, _ = _xavier_start({})
+    first, srv1 = _xavier_start(ServerState())
+    again, _ = _xavier_start(ServerState())
     second, srv2 = _xavier_start(srv1)
-    other_seed, _ = _xavier_start({}, seed=1)
-    assert int(srv1["round"]) == 1 and int(srv2["round"]) == 2
+    other_seed, _ = _xavier_start(ServerState(), seed=1)
+    assert int(srv1.own["round"]) == 1 and int(srv2.own["round"]) == 2
     assert torch.equal(first, again)  # the same run's round 1, run twice
     assert (first - second).abs().max() > 0.05 and (first - other_seed).abs().max() > 0.05
     bound = (6 / (OUT + R)) ** 0.5  # xavier-uniform on a [out, r] residual, as the fork's init
     assert 0 < first.abs().max() <= bound and 0 < second.abs().max() <= bound
     # a resumed run carries the counter in its server state: its round 2 is the same draw
-    resumed, _ = _xavier_start({"round": torch.tensor(1)})
+    resumed, _ = _xavier_start(ServerState(own={"round": torch.tensor(1)}))
     assert torch.equal(resumed, second)
 
 
 def test_zero_start_needs_no_randomness_and_counts_rounds():
     ups = updates()
-    a, s1 = fair(4.0, server_steps=0).aggregate({}, {}, ups)
+    a, s1 = fair(4.0, server_steps=0).aggregate({}, ServerState(), ups)
     b, s2 = fair(4.0, server_steps=0).aggregate({}, s1, ups)
-    assert torch.equal(a[B0], b[B0]) and int(s2["round"]) == 2
-    assert float(s1["metric/server_objective_end"]) == float(s1["metric/server_objective_start"])
+    assert torch.equal(a[B0], b[B0]) and int(s2.own["round"]) == 2
+    assert float(s1.reported["server_objective_end"]) == float(s1.reported["server_objective_start"])

@@ -9,7 +9,7 @@ import torch
 from fedcore import lora
 from fedcore.config import ConfigError, make_config
 from fedcore.methods import get_method
-from fedcore.methods.base import ClientUpdate, LocalContext
+from fedcore.methods.base import ClientUpdate, LocalContext, ServerState
 from fedcore.methods.hetlora import norm_weights, pruned_norm
 from fedcore.methods.raflora import partition_weights
 from fedcore.ranks import client_ranks
@@ -49,7 +49,7 @@ def ideal(a, b, updates=UPDATES, weights=P):
 
 
 def server(ranks=(1, 2, 4)):
-    return {"ranks": torch.tensor(ranks)}
+    return ServerState(ranks=torch.tensor(ranks))
 
 
 def global_like():
@@ -134,10 +134,10 @@ def test_flora_stacking_is_exact_merges_into_base_and_reinitialises():
     m = method("flora")
     g = global_like()
     new, srv = m.aggregate(g, server(), UPDATES)
-    base = "frozen_delta/enc.0.q.base_layer.weight"
-    torch.testing.assert_close(srv[base].double(), ideal(A0, B0), rtol=1e-5, atol=1e-5)
+    base = "enc.0.q.base_layer.weight"
+    torch.testing.assert_close(srv.frozen_delta[base].double(), ideal(A0, B0), rtol=1e-5, atol=1e-5)
     new2, srv2 = m.aggregate(new, srv, UPDATES)  # a second round adds to the merged base
-    torch.testing.assert_close(srv2[base].double(), 2 * ideal(A0, B0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(srv2.frozen_delta[base].double(), 2 * ideal(A0, B0), rtol=1e-5, atol=1e-5)
     for a, b in ((A0, B0), (A1, B1)):
         assert torch.equal(new[b], torch.zeros(OUT, R_MAX))  # B = 0: the merged model is unchanged
         assert new[a].abs().max() <= 1 / math.sqrt(IN) and not torch.equal(new[a], g[a])
@@ -249,13 +249,13 @@ def test_hetlora_pruning_lowers_the_rank_when_the_pruned_norm_falls():
     assert torch.count_nonzero(b_k.detach()[:, 2:]) == 0 and torch.count_nonzero(a_k.detach()[2:]) == 0
     # later rounds compare with where the client ended its previous round (kept by the server)
     ctx2 = LocalContext(2, 0, 10, [(A0, a), (B0, b)], {}, rank=4,
-                        server={"pruned_norm": torch.tensor([1e-3, 5.0], dtype=torch.float64)})
+                        server=ServerState(own={"pruned_norm": torch.tensor([1e-3, 5.0], dtype=torch.float64)}))
     m.on_local_start(ctx2)
     assert ctx2.scratch["pruned_norm_ref"] == pytest.approx(1e-3)
     m.on_local_end(ctx2)  # above its last end: the rank stays
     assert ctx2.rank == 4 and ctx2.report["pruned_norm"] == pytest.approx(float(pruned_norm(ctx2.params, 4, 0.5)))
     _, srv = m.aggregate(global_like(), server(), [ClientUpdate(1, 10, UPDATES[0].state, {"pruned_norm": 0.25}, 1)])
-    assert math.isnan(float(srv["pruned_norm"][0])) and float(srv["pruned_norm"][1]) == 0.25
+    assert math.isnan(float(srv.own["pruned_norm"][0])) and float(srv.own["pruned_norm"][1]) == 0.25
 
 
 # --- raFLoRA ---------------------------------------------------------------------------------
@@ -301,19 +301,19 @@ def test_lora_fair_residual_raises_cosine_and_respects_lambda():
     g = global_like()
     free = method("lora_fair", **{"lambda": 0.0, "server_steps": 300, "server_lr": 0.5})
     _, srv = free.aggregate(g, server(), UPDATES)
-    assert float(srv["metric/cos_ideal_corrected"]) > float(srv["metric/cos_ideal_avg"]) + 0.01
-    assert float(srv["metric/server_objective_end"]) <= float(srv["metric/server_objective_start"])
+    assert float(srv.reported["cos_ideal_corrected"]) > float(srv.reported["cos_ideal_avg"]) + 0.01
+    assert float(srv.reported["server_objective_end"]) <= float(srv.reported["server_objective_start"])
     stiff = method("lora_fair", **{"lambda": 100.0, "server_steps": 300, "server_lr": 0.001})
     new, srv = stiff.aggregate(g, server(), UPDATES)
     # mixed ranks: each slot averaged over the clients holding it (at one rank: FedIT's average)
     plain = lora.holder_factor_average(UPDATES, P, ALPHA, R_MAX, lora.lora_layers(g), g)
     torch.testing.assert_close(new[B0], plain[B0], rtol=0, atol=2e-3)  # the residual stays near zero
-    assert float(srv["metric/cos_Bprime_Bbar"]) > 0.9999
+    assert float(srv.reported["cos_Bprime_Bbar"]) > 0.9999
     assert torch.equal(new[A0], plain[A0])  # A is the plain average
     for mode in ("columnwise", "flat"):
         m = method("lora_fair", **{"lambda": 0.01, "cos_mode": mode, "delta_init": "xavier", "reg": "squared"})
         _, srv = m.aggregate(g, server(), UPDATES)
-        assert float(srv["metric/server_objective_end"]) <= float(srv["metric/server_objective_start"])
+        assert float(srv.reported["server_objective_end"]) <= float(srv.reported["server_objective_start"])
 
 
 def test_holder_averages_follow_their_formula():

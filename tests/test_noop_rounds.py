@@ -29,7 +29,6 @@ from fedcore import lora
 from fedcore.config import ConfigError, make_config
 from fedcore.federation import Federation
 from fedcore.methods import METHODS
-from fedcore.methods.base import client_key
 
 # What a no-op round does to the rank slots beyond the smallest client rank, from each paper:
 #   "exact": they come back unchanged (the method aggregates exactly what clients hold);
@@ -92,10 +91,10 @@ def effective(fed: Federation) -> dict:
     product), its part inside the smallest rank, and the factors' norms; every other tensor as is."""
     alpha, state, server = fed.cfg.model.lora.alpha, fed.global_state, fed.server_state
     out: dict = {"other": {k: v.clone() for k, v in state.items() if "lora_" not in k}}
-    out["held"] = {k: v.clone() for k, v in server.items() if k.startswith("client/")}
+    out["held"] = {f"{c}/{k}": v.clone() for c, held in server.held.items() for k, v in held.items()}
     if not fed.lora:
         return out
-    ranks = [int(r) for r in server["ranks"].tolist()]
+    ranks = [int(r) for r in server.ranks.tolist()]
     r_min, r_max = min(ranks), lora.resident_rank(state)
 
     def views(st: dict, rank: int) -> dict:
@@ -103,7 +102,7 @@ def effective(fed: Federation) -> dict:
         got = {}
         for prefix, (a, b) in lora.lora_layers(st).items():
             A, B = lora.truncate(st[a], st[b], rank)
-            merged = server.get(f"frozen_delta/{lora.base_weight_key(prefix)}")
+            merged = server.frozen_delta.get(lora.base_weight_key(prefix))
             base = 0 if merged is None else merged.to(torch.float64)
             got[prefix] = {"full": base + lora.product(A, B, s),
                            "shared": base + lora.product(A[:r_min], B[:, :r_min], s),
@@ -266,7 +265,7 @@ def test_zero_padding_shrinks_each_slot_by_its_holders_weight(monkeypatch):
         lcfg = fed.cfg.model.lora
         s_max = lora.scale(lcfg.alpha, lcfg.resident_rank)
         sizes = torch.tensor([len(i) for i in fed.data.client_train], dtype=torch.float64)
-        ranks = fed.server_state["ranks"]
+        ranks = fed.server_state.ranks
         W = torch.stack([sizes[ranks > i].sum() for i in range(lcfg.resident_rank)]) / sizes.sum()
         sv0 = {p: torch.linalg.svdvals(lora.product(fed.global_state[a], fed.global_state[b], s_max))
                for p, (a, b) in lora.lora_layers(fed.global_state).items()}
@@ -319,7 +318,7 @@ def test_hetlora_pruning_only_drops_slots(monkeypatch):
     fed = Federation(cfg)
     fed.run_round()
     start = {k: fed.method.client_start_state(fed.global_state, fed.server_state, k) for k in range(4)}
-    ranks_before = fed.server_state["ranks"].tolist()
+    ranks_before = fed.server_state.ranks.tolist()
     no_learning(monkeypatch)
     updates = fed.train_cohort(list(range(4)), 2)
     alpha, r_max = cfg.model.lora.alpha, cfg.model.lora.resident_rank

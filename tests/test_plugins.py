@@ -16,7 +16,7 @@ from ray import tune
 from fedcore.config import ConfigError, make_config
 from fedcore.federation import Federation
 from fedcore.methods import METHODS, get_method, method_class, plugins
-from fedcore.methods.base import ClientUpdate
+from fedcore.methods.base import ClientUpdate, ServerState
 from fedcore.run import main
 
 TESTS = Path(__file__).resolve().parent
@@ -64,10 +64,10 @@ def test_the_plugin_formula_on_small_tensors():
     """w <- w + eta (sum_k p_k w_k - w): eta = 1 is FedAvg, eta = 0.5 lands halfway."""
     w = {"x": torch.tensor([1.0, 2.0])}
     ups = [ClientUpdate(0, 1, {"x": torch.tensor([3.0, 0.0])}), ClientUpdate(1, 3, {"x": torch.tensor([0.0, 6.0])})]
-    fedavg, _ = get_method("fedavg").aggregate(w, {}, ups)
+    fedavg, _ = get_method("fedavg").aggregate(w, ServerState(), ups)
     assert torch.allclose(fedavg["x"], torch.tensor([0.75, 4.5]))
-    one, _ = get_method(STEP).aggregate(w, {}, ups)
-    half, _ = get_method(STEP, {"server_lr": 0.5}).aggregate(w, {}, ups)
+    one, _ = get_method(STEP).aggregate(w, ServerState(), ups)
+    half, _ = get_method(STEP, {"server_lr": 0.5}).aggregate(w, ServerState(), ups)
     assert torch.equal(one["x"], fedavg["x"])
     assert torch.allclose(half["x"], torch.tensor([0.875, 3.25]))
 

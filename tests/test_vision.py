@@ -122,7 +122,7 @@ def test_lora_methods_run_unchanged_on_a_vision_backbone(method):
     fed = Federation(cfg)
     start_a = {k: v.clone() for k, v in fed.global_state.items() if "lora_A" in k}
     m = fed.run()[-1]
-    ranks = fed.server_state["ranks"]
+    ranks = fed.server_state.ranks
     assert sorted(set(ranks.tolist())) <= [2, 4, 8] and len(ranks) == 6
     parts = [v for k, v in m.items() if k.startswith("energy_partition/")]
     # the partitions hold the whole update, except FLoRA's stack, whose rank sum_k r_k exceeds r_max

@@ -29,7 +29,7 @@ from torch import nn
 from fedcore.data import take
 from fedcore.local import DivergedError, autocast, make_optimizer
 from fedcore.assembly import Resident
-from fedcore.methods.base import ClientPlan, ClientUpdate, Method, State
+from fedcore.methods.base import ClientPlan, ClientUpdate, Method, ServerState, State
 from fedcore.params import load_state, zero_beyond_rank
 from fedcore.seeds import Purpose, derive_seed
 
@@ -129,7 +129,7 @@ class BatchedLoRAExecutor:
             raise ValueError(f"executor: 'batched' cannot run this config: {reason}; use executor 'sequential' or 'auto'")
         self.layers, self.heads = _trainable_modules(res)
 
-    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: State) -> list[ClientUpdate]:
+    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: ServerState) -> list[ClientUpdate]:
         cfg = res.cfg
         alpha, resident = cfg.model.lora.alpha, cfg.model.lora.resident_rank
         work = []

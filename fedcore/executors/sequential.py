@@ -9,7 +9,7 @@ from fedcore.assembly import Resident
 from fedcore.config import OptimizerConfig
 from fedcore.evaluation import Evaluator
 from fedcore.local import train_local
-from fedcore.methods.base import ClientPlan, ClientUpdate, LocalContext, State, client_key, client_state
+from fedcore.methods.base import ClientPlan, ClientUpdate, LocalContext, ServerState, State
 from fedcore.params import load_fresh, load_state, lower_rank, set_lora_scaling, zero_beyond_rank
 from fedcore.seeds import Purpose, derive_seed
 
@@ -17,7 +17,7 @@ from fedcore.seeds import Purpose, derive_seed
 class SequentialExecutor:
     name = "sequential"
 
-    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: State) -> list[ClientUpdate]:
+    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: ServerState) -> list[ClientUpdate]:
         cfg, method, data = res.cfg, res.method, res.data
         updates = []
         for p in plan:
@@ -43,17 +43,18 @@ class SequentialExecutor:
             elif ctx.rank is not None:
                 zero_beyond_rank(res.params, ctx.rank)
             # the trained tensors themselves become the update (the next client gets fresh storage)
-            updates.append(ClientUpdate(k, len(idx), {n: q.detach() for n, q in res.params}, stats, ctx.rank))
+            updates.append(ClientUpdate(k, len(idx), {n: q.detach() for n, q in res.params}, stats, ctx.rank,
+                                        dict(ctx.reported)))
         load_fresh(res.params, {n: q.detach() for n, q in res.params})  # the last update no longer aliases the model
         if res.lora:
             set_lora_scaling(res.model, cfg.model.lora.alpha / cfg.model.lora.resident_rank)
         return updates
 
-    def personalize(self, res: Resident, evaluator: Evaluator, global_state: State, server_state: State,
-                    initial_state: State, cohort: list[int], round_: int) -> dict[str, torch.Tensor]:
+    def personalize(self, res: Resident, evaluator: Evaluator, global_state: State, server_state: ServerState,
+                    initial_state: State, cohort: list[int], round_: int) -> dict[int, State]:
         """Stage 2 of a personalizing method (its `personal_stage`): each cohort client's private branch
         (its own values of the trainable tensors, on the same frozen base) trained on top of the frozen
-        global branch. Returns the updated client-held tensors (server-state keys client/<k>/<name>)."""
+        global branch. Returns each cohort client's new held tensors (ServerState.held)."""
         cfg, data, method = res.cfg, res.data, res.method
         names = res.names()
         stage = method.personal_stage()
@@ -61,12 +62,12 @@ class SequentialExecutor:
         load_state(res.params, global_state)
         global_logits = {k: evaluator.logits(data.train_inputs, data.client_train[k]) for k in cohort}
         ocfg = OptimizerConfig(name="sgd", lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
-        held: dict[str, torch.Tensor] = {}
+        held: dict[int, State] = {}
         for k in cohort:
             idx = torch.as_tensor(data.client_train[k], dtype=torch.long)
             rows = {key: v[idx] for key, v in data.train_inputs.items()}
             rows["global_logits"] = global_logits[k]
-            load_state(res.params, client_state(server_state, k, names, initial_state))
+            load_state(res.params, server_state.held_state(k, names, initial_state))
             seed = derive_seed(cfg.seed, round_, k, Purpose.PERSONALIZE)
             torch.manual_seed(seed)
             ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params,
@@ -75,7 +76,7 @@ class SequentialExecutor:
                         epochs=stage.epochs, batch_size=cfg.batch_size, ocfg=ocfg,
                         generator=torch.Generator().manual_seed(seed), device=cfg.device,
                         max_steps=cfg.max_local_steps, precision=cfg.precision)
-            held.update({client_key(k, n): p.detach().clone() for n, p in res.params})
+            held[k] = {n: p.detach().clone() for n, p in res.params}
         load_state(res.params, global_state)
         return held
 

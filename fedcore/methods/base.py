@@ -1,13 +1,15 @@
 """The hooks a federated method supplies; the engine (local.py, federation.py) owns the loop.
 
 Shaped after pfl-research's FederatedAveraging and Flower's Strategy: a small class with frozen,
-typed hyperparameters. Everything a method exchanges is a dict name -> tensor over the model's
-trainable parameters; frozen weights stay in the one resident model and never travel.
+typed hyperparameters. Weights travel as dicts name -> tensor over the model's trainable
+parameters; frozen weights stay in the one resident model and never travel. What the server keeps
+between rounds is a `ServerState`: the parts the engine reads are named fields, the method's own
+tensors are its `own` dict.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -26,8 +28,38 @@ class ClientUpdate:
     client: int  # index of the client among the active clients
     num_samples: int  # training samples the client holds
     state: State  # its trainable tensors after local training
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # train_loss, steps, and what the method noted (ctx.report)
     rank: int | None = None  # its LoRA rank after the round (LoRA factors are zero beyond it)
+    reported: dict[str, float] = field(default_factory=dict)  # the method's figures to report (ctx.reported)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What the server keeps between rounds, checkpointed with the run. The engine reads and keeps the
+    named fields; `own` is the method's alone (from init_server_state, then from its aggregate)."""
+    own: State = field(default_factory=dict)
+    ranks: torch.Tensor | None = None  # each client's LoRA rank (LoRA runs); the engine records the updates' ranks
+    # frozen parameter name -> what is added to its initial value (FLoRA merges its rounds into the base)
+    frozen_delta: State = field(default_factory=dict)
+    held: dict[int, State] = field(default_factory=dict)  # client -> tensors it keeps between rounds (never averaged)
+    reported: dict[str, float] = field(default_factory=dict)  # the method's figures of this aggregation
+
+    def rank_of(self, client: int) -> int | None:
+        return None if self.ranks is None else int(self.ranks[client])
+
+    def held_state(self, client: int, names, default: State) -> State:
+        """Client `client`'s held tensors (its initial values `default` until it has trained)."""
+        mine = self.held.get(client, {})
+        return {n: mine.get(n, default[n]) for n in names}
+
+    def updated(self, **changes) -> "ServerState":
+        return replace(self, **changes)
+
+
+def as_reported(value: float) -> float:
+    """A server figure as the engine has always reported it: through a float32 tensor (the results of
+    runs from before the typed server state reproduce bit for bit)."""
+    return float(torch.tensor(value))
 
 
 @dataclass(frozen=True)
@@ -62,9 +94,9 @@ class LocalContext:
     start_state: State
     scratch: dict[str, Any] = field(default_factory=dict)
     rank: int | None = None  # the client's LoRA rank; a method may lower it (HetLoRA's pruning)
-    server: State = field(default_factory=dict)  # the server state of this round (read only)
-    # sent to the server in ClientUpdate.metrics; "metric/<name>" keys are reported (cohort mean, n_k weights)
-    report: dict[str, float] = field(default_factory=dict)
+    server: ServerState = field(default_factory=ServerState)  # the server state of this round (read only)
+    report: dict[str, float] = field(default_factory=dict)  # sent to the server in ClientUpdate.metrics
+    reported: dict[str, float] = field(default_factory=dict)  # reported by the round (cohort mean, n_k weights)
     batch: dict[str, torch.Tensor] = field(default_factory=dict)  # the current batch's inputs
     model: torch.nn.Module | None = None  # the resident model (FML reads its private half)
 
@@ -111,19 +143,21 @@ class Method:
 
     # --- server side -------------------------------------------------------------------------
     def init_server_state(self, global_state: State) -> State:
+        """The method's own server tensors before the first round (ServerState.own)."""
         return {}
 
-    def client_start_state(self, global_state: State, server_state: State, client: int) -> State:
+    def client_start_state(self, global_state: State, server_state: ServerState, client: int) -> State:
         """What the server sends client `client` (default: the global trainable weights). For LoRA
-        models, server_state["ranks"][client] is the client's rank; the engine zeroes the factors
+        models, server_state.rank_of(client) is the client's rank; the engine zeroes the factors
         beyond it after loading."""
         return global_state
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
-        """Pure function of (server state, client updates) -> (new global, new server state).
-        Server-state keys the engine reads: "ranks" (kept up to date by the engine), "frozen_delta/<param>"
-        (that frozen parameter becomes its initial value plus this, e.g. FLoRA's merged base), "metric/<name>" (reported)."""
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
+        """Pure function of (server state, client updates) -> (new global, new server state): the
+        given one where the method keeps nothing, else `server_state.updated(own=..., ...)`. The
+        engine reads `frozen_delta` (each frozen parameter becomes its initial value plus it) and
+        `reported` (the round's figures), records the updates' ranks and keeps `held`."""
         raise NotImplementedError
 
     # --- client side -------------------------------------------------------------------------
@@ -161,18 +195,6 @@ class Method:
     def personal_logits(self, global_logits: torch.Tensor, private_logits: torch.Tensor) -> torch.Tensor:
         """The personalized model's prediction from its two branches (default: the logit sum)."""
         return global_logits + private_logits
-
-
-# Client-held state (FML's private model, FedPuReL's private branch) rides in the server-state dict
-# under these keys, so that it is checkpointed with the rest; it is never aggregated or sent to
-# another client.
-def client_key(client: int, name: str) -> str:
-    return f"client/{client}/{name}"
-
-
-def client_state(server_state: State, client: int, names, default: State) -> State:
-    """Client `client`'s held tensors (its initial values `default` until it has trained)."""
-    return {n: server_state.get(client_key(client, n), default[n]) for n in names}
 
 
 def size_weights(updates: list[ClientUpdate]) -> torch.Tensor:

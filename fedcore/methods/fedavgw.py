@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedcore.methods.base import ClientUpdate, Method, State, is_lora_key, size_weights, weighted_average
+from fedcore.methods.base import (ClientUpdate, Method, ServerState, State, is_lora_key, size_weights,
+                                  weighted_average)
 
 
 class FedAvgWParams(BaseModel):
@@ -30,8 +31,8 @@ class FedAvgW(Method):
     requires_lora = True
     Params = FedAvgWParams
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         states = [u.state for u in updates]
         keys = list(states[0])
         lora = [k for k in keys if is_lora_key(k)]

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.base import ClientUpdate, ServerState, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -35,8 +35,8 @@ class FedIT(LoRAMethod):
     summary = "FedIT: LoRA A and B averaged separately, weighted by n_k (zero-padded across ranks)"
     Params = FedITParams
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         out = self.head_average(updates)
         fold = getattr(self.params, "fold", "B")  # FedPuReL reuses this aggregation with its own params

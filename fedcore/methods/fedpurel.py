@@ -102,7 +102,7 @@ class FedPuReL(FedIT):
 
     def on_local_end(self, ctx: LocalContext) -> None:
         if ctx.scratch.get("tensors"):
-            ctx.report["metric/purified_fraction"] = ctx.scratch["conflicts"] / ctx.scratch["tensors"]
+            ctx.reported["purified_fraction"] = ctx.scratch["conflicts"] / ctx.scratch["tensors"]
 
     # --- stage 2: residual personalization ---------------------------------------------------------
     def personal_stage(self) -> PersonalStage:

@@ -12,7 +12,7 @@ products the clients hold, and a round in which no client learns leaves every co
 from __future__ import annotations
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.base import ClientUpdate, ServerState, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -23,8 +23,8 @@ class FFALoRA(LoRAMethod):
     def trains_locally(self, name: str) -> bool:
         return lora.A_TAG not in name
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         out = self.head_average(updates)
         averaged = lora.holder_factor_average(updates, size_weights(updates), alpha, r_max, layers, global_state)

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.base import ClientUpdate, ServerState, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -44,8 +44,8 @@ class FlexLoRA(LoRAMethod):
     summary = "FlexLoRA: full update sum p_k s_k B_k A_k, SVD, each client gets its top r_k components"
     Params = FlexLoRAParams
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         weights = size_weights(updates)
         deltas = {p: lora.ideal_update(updates, weights, alpha, r_max, a, b) for p, (a, b) in layers.items()}

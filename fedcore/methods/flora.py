@@ -19,7 +19,7 @@ import torch
 
 from fedcore import lora
 from fedcore.seeds import Purpose, derive_seed
-from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.base import ClientUpdate, ServerState, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -45,17 +45,17 @@ class FLoRA(LoRAMethod):
     name = "flora"
     summary = "FLoRA: stacked adapters (exact sum of p_k s_k B_k A_k) merged into the base; fresh adapters every round"
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         weights = size_weights(updates)
-        round_ = int(server_state.get("round", torch.tensor(0))) + 1
+        round_ = int(server_state.own.get("round", torch.tensor(0))) + 1
         gen = torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, Purpose.FLORA_ROUND))
-        out, new_server = self.head_average(updates), {**server_state, "round": torch.tensor(round_)}
+        out, merged_all = self.head_average(updates), dict(server_state.frozen_delta)
         for prefix, (a, b) in layers.items():
             B_st, A_st = stack(updates, weights, alpha, r_max, a, b)
-            key = f"frozen_delta/{lora.base_weight_key(prefix)}"
-            merged = server_state.get(key, torch.zeros(B_st.shape[0], A_st.shape[1], dtype=torch.float64))
-            new_server[key] = (merged.to(torch.float64) + B_st @ A_st).to(torch.float32)
+            key = lora.base_weight_key(prefix)
+            merged = merged_all.get(key, torch.zeros(B_st.shape[0], A_st.shape[1], dtype=torch.float64))
+            merged_all[key] = (merged.to(torch.float64) + B_st @ A_st).to(torch.float32)
             out[a], out[b] = fresh_factors(global_state[a], global_state[b], gen)
-        return out, new_server
+        return out, server_state.updated(own={**server_state.own, "round": torch.tensor(round_)}, frozen_delta=merged_all)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedcore.methods.base import (ClientUpdate, LocalContext, Method, State, client_key, client_state, size_weights,
+from fedcore.methods.base import (ClientUpdate, LocalContext, Method, ServerState, State, size_weights,
                                   weighted_average)
 from fedcore.models.mutual import MutualPair
 
@@ -41,10 +41,10 @@ class FML(Method):
     def build_model(self, make):
         return MutualPair(make(), make())
 
-    def client_start_state(self, global_state: State, server_state: State, client: int) -> State:
+    def client_start_state(self, global_state: State, server_state: ServerState, client: int) -> State:
         private = [k for k in global_state if k.startswith(PRIVATE)]
         # the global state's private tensors are the initial private model
-        return {**global_state, **client_state(server_state, client, private, global_state)}
+        return {**global_state, **server_state.held_state(client, private, global_state)}
 
     def local_loss(self, logits: torch.Tensor, labels: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
         p = self.params
@@ -53,9 +53,11 @@ class FML(Method):
         loss_m = p.beta * F.cross_entropy(logits, labels) + (1 - p.beta) * kl(private, logits)
         return loss_p + loss_m
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         shared = [k for k in global_state if k.startswith(SHARED)]
         out = {**global_state, **weighted_average([u.state for u in updates], size_weights(updates), shared)}
-        held = {client_key(u.client, k): u.state[k].clone() for u in updates for k in u.state if k.startswith(PRIVATE)}
-        return out, {**server_state, **held}
+        held = dict(server_state.held)  # each client keeps its private model; it is never averaged
+        for u in updates:
+            held[u.client] = {**held.get(u.client, {}), **{k: v.clone() for k, v in u.state.items() if k.startswith(PRIVATE)}}
+        return out, server_state.updated(held=held)

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, LocalContext, State, size_weights
+from fedcore.methods.base import ClientUpdate, LocalContext, ServerState, State, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -66,7 +66,7 @@ class HetLoRA(LoRAMethod):
 
     def on_local_start(self, ctx: LocalContext) -> None:
         if self._prunable(ctx):  # reference: the norm this client reached last time, else its start
-            last = ctx.server.get("pruned_norm")
+            last = ctx.server.own.get("pruned_norm")
             ref = float(last[ctx.client]) if last is not None else math.nan
             if math.isnan(ref):
                 with torch.no_grad():
@@ -89,15 +89,15 @@ class HetLoRA(LoRAMethod):
                     end = math.nan  # a new rank, a new pruned part: the next round starts its own reference
             ctx.report["pruned_norm"] = end
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         out = self.head_average(updates)
         for prefix, (a, b) in layers.items():
             w = norm_weights(updates, alpha, r_max, a, b)
             out.update(lora.scaled_factor_average(updates, w, alpha, r_max, {prefix: (a, b)}, self.params.fold))
-        clients = len(server_state["ranks"]) if "ranks" in server_state else 1 + max(u.client for u in updates)
-        norms = server_state.get("pruned_norm", torch.full((clients,), math.nan, dtype=torch.float64)).clone()
+        clients = len(server_state.ranks) if server_state.ranks is not None else 1 + max(u.client for u in updates)
+        norms = server_state.own.get("pruned_norm", torch.full((clients,), math.nan, dtype=torch.float64)).clone()
         for u in updates:
             norms[u.client] = u.metrics.get("pruned_norm", math.nan)
-        return out, {**server_state, "pruned_norm": norms}
+        return out, server_state.updated(own={**server_state.own, "pruned_norm": norms})

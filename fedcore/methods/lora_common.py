@@ -3,15 +3,17 @@ with FedAvg's size weights, and a client receives the global factors rescaled to
 from __future__ import annotations
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, Method, State, is_lora_key, size_weights, weighted_average
+from fedcore.methods.base import (ClientUpdate, Method, ServerState, State, is_lora_key, size_weights,
+                                  weighted_average)
 
 
 class LoRAMethod(Method):
     requires_lora = True
     handles_mixed_ranks = True
 
-    def client_start_state(self, global_state: State, server_state: State, client: int) -> State:
-        rank = int(server_state["ranks"][client]) if "ranks" in server_state else lora.resident_rank(global_state)
+    def client_start_state(self, global_state: State, server_state: ServerState, client: int) -> State:
+        rank = server_state.rank_of(client)
+        rank = lora.resident_rank(global_state) if rank is None else rank
         return lora.for_client(global_state, rank, self.lora_alpha)
 
     @staticmethod

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedcore import lora
 from fedcore.seeds import Purpose, derive_seed
-from fedcore.methods.base import ClientUpdate, State, size_weights
+from fedcore.methods.base import ClientUpdate, ServerState, State, as_reported, size_weights
 from fedcore.methods.lora_common import LoRAMethod
 
 
@@ -107,15 +107,15 @@ class LoRAFAIR(LoRAMethod):
                "towards the ideal update (cosine + lambda norm)")
     Params = LoRAFAIRParams
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         weights = size_weights(updates)
         averaged = lora.holder_factor_average(updates, weights, alpha, r_max, layers, global_state)
         ideal = {p: lora.holder_ideal(updates, weights, alpha, r_max, a, b, global_state) for p, (a, b) in layers.items()}
         A_bar = {p: averaged[a].to(torch.float64) for p, (a, b) in layers.items()}
         B_bar = {p: averaged[b].to(torch.float64) for p, (a, b) in layers.items()}  # raw, at the resident scale
-        round_ = int(server_state.get("round", torch.tensor(0))) + 1
+        round_ = int(server_state.own.get("round", torch.tensor(0))) + 1
         with torch.enable_grad():
             delta, stats = solve_residual(ideal, B_bar, A_bar, self.params, self.generator(round_))
         out = self.head_average(updates)
@@ -128,8 +128,8 @@ class LoRAFAIR(LoRAMethod):
             out[a], out[b] = averaged[a], B_new.to(averaged[b].dtype)
         metrics = {"cos_ideal_avg": sum(cos_avg) / len(cos_avg), "cos_ideal_corrected": sum(cos_fixed) / len(cos_fixed),
                    "cos_Bprime_Bbar": sum(cos_b) / len(cos_b), **stats}
-        return out, {**server_state, "round": torch.tensor(round_),
-                     **{f"metric/{k}": torch.tensor(v) for k, v in metrics.items()}}
+        return out, server_state.updated(own={**server_state.own, "round": torch.tensor(round_)},
+                                         reported={k: as_reported(v) for k, v in metrics.items()})
 
     def generator(self, round_: int) -> torch.Generator:
         """The server's draws of one round (delta_init xavier): a fresh start every round, the same one

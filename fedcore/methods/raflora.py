@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from fedcore import lora
-from fedcore.methods.base import ClientUpdate, State
+from fedcore.methods.base import ClientUpdate, ServerState, State
 from fedcore.methods.flexlora import redistribute
 from fedcore.methods.lora_common import LoRAMethod
 
@@ -50,12 +50,12 @@ class RaFLoRA(LoRAMethod):
     summary = "raFLoRA: rank-partitioned aggregation renormalised over each partition's contributors, then SVD"
     Params = RaFLoRAParams
 
-    def aggregate(self, global_state: State, server_state: State,
-                  updates: list[ClientUpdate]) -> tuple[State, State]:
+    def aggregate(self, global_state: State, server_state: ServerState,
+                  updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         s_max = lora.scale(alpha, r_max)
         ranks = [u.rank or r_max for u in updates]
-        everyone = server_state["ranks"].tolist() if "ranks" in server_state else ranks
+        everyone = server_state.ranks.tolist() if server_state.ranks is not None else ranks
         levels = sorted(set(everyone) | set(ranks))
         w = partition_weights(ranks, [u.num_samples for u in updates], levels)
         deltas = {}
