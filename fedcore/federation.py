@@ -58,8 +58,15 @@ class Federation:
     model = property(lambda self: self.resident.model)
     params = property(lambda self: self.resident.params)
     lora = property(lambda self: self.resident.lora)
-    round = property(lambda self: self.state.round)
     history = property(lambda self: self.state.history)
+
+    @property
+    def round(self) -> int:
+        return self.state.round
+
+    @round.setter
+    def round(self, value: int) -> None:  # benchmarks/w2.py steps rounds by hand
+        self.state.round = value
 
     @property
     def global_state(self) -> State:
@@ -116,7 +123,7 @@ class Federation:
         bad = [k for k, v in new_global.items() if not torch.isfinite(v).all()]
         if bad:
             raise DivergedError(f"round {round_}: aggregated weights are not finite ({bad[0]})")
-        method_metrics = dict(new_server.reported)  # this aggregation's figures: reported, not kept
+        method_metrics = {k: float(v) for k, v in new_server.reported.items()}  # reported, not kept
         new_server = new_server.updated(reported={})
         if self.server_state.ranks is not None:
             ranks = self.server_state.ranks.clone()

@@ -258,6 +258,10 @@ class TrialTracker(MLflowLoggerCallback):
         # the tuner pickles its callbacks; a client (a store with a database engine) stays behind
         return {**self.__dict__, "_client": None, "_stages": {}}
 
+    def __setstate__(self, state):
+        # a tracker pickled by a launch from before the stage index (resumed with --resume) has none
+        self.__dict__.update({"_stages": {}, **state})
+
     def setup(self, *args, **kwargs):
         # Ray's setup asks the store for the experiment; a store that is down now is the outbox's
         # business (the launch checked it before it began), not a reason to stop
@@ -338,7 +342,13 @@ class TrialTracker(MLflowLoggerCallback):
                 exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment_name)
                 stage = self._stage(op.get("stage"))
                 name = child_run_name(op["name"], stage["taken"] + 1) or op["trial"]
-                run_id = self.client.create_run(exp_id, tags=op["tags"], run_name=name).info.run_id
+                try:
+                    run_id = self.client.create_run(exp_id, tags=op["tags"], run_name=name).info.run_id
+                except BaseException:
+                    # the store may have made the run and lost only its answer: when this write is
+                    # sent again, the stage is read afresh and that run found by its trial_name tag
+                    self._stages.pop(op.get("stage"), None)
+                    raise
                 stage["taken"] += 1
                 stage["active"][op["trial"]] = self._run_ids[op["trial"]] = run_id
                 logged = {}

@@ -4,7 +4,8 @@ the batched executor where that runs it) a short fixed-seed run's per-round metr
 its final model (every tensor of the model's state: trained, frozen and buffers).
 
 tests/golden/engine.json holds these as the engine computed them at commit ec7e59d, before the
-engine's refactor (issue 18); test_engine_golden.py checks that today's engine gives the same, bit
+engine's refactor (issue 18), recorded by this file's first version (which imported load_state from
+fedcore.executors, where it was then); test_engine_golden.py checks that today's engine gives the same, bit
 for bit. Re-record only on purpose, when a change is meant to change what a method computes:
 
     python -m tests.engine_golden > tests/golden/engine.json

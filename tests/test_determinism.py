@@ -136,3 +136,20 @@ def test_a_method_whose_aggregate_returns_a_dict_is_stopped_with_a_message():
     with pytest.raises(TypeError, match=r"method 'fedprox': aggregate\(\) returned a dict as the server state; "
                                         r"return a fedcore.methods.base.ServerState"):
         fed.run_round()
+
+
+def test_a_figure_in_the_old_client_report_key_is_refused_and_server_figures_are_floats():
+    fed = Federation(cfg_for("textcnn", rounds=1))
+    aggregate = fed.method.aggregate
+
+    def with_figure(g, s, u):
+        new, server = aggregate(g, s, u)
+        return new, server.updated(reported={"server_figure": torch.tensor(0.5)})
+    fed.method.aggregate = with_figure
+    assert type(fed.run_round()["server_figure"]) is float
+
+    fed = Federation(cfg_for("textcnn", rounds=1))
+    fed.method.on_local_end = lambda ctx: ctx.report.update({"metric/purified": 0.5})
+    with pytest.raises(ValueError, match=r"puts 'metric/purified' in ctx.report; a figure for the round's metrics "
+                                         r"goes in ctx.reported"):
+        fed.run_round()

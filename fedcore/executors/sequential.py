@@ -37,6 +37,10 @@ class SequentialExecutor:
                                 generator=gen, device=cfg.device, max_steps=cfg.max_local_steps,
                                 precision=cfg.precision)
             method.on_local_end(ctx)
+            old = [key for key in ctx.report if key.startswith("metric/")]
+            if old:  # the engine's earlier convention; say so rather than drop the figure
+                raise ValueError(f"method {method.name!r} puts {old[0]!r} in ctx.report; a figure for the round's "
+                                 f"metrics goes in ctx.reported under its bare name (docs/plugins.md)")
             stats.update(ctx.report)
             if ctx.rank is not None and rank is not None and ctx.rank < rank:
                 lower_rank(res.params, rank, ctx.rank)

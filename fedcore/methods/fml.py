@@ -6,8 +6,8 @@ shared "meme" model m by deep mutual learning, each model distilling the other's
 
 (the distillation target detached, so one backward of L_p + L_m is the two simultaneous updates).
 Only the meme model is aggregated (FedAvg, n_k weights) and evaluated as the global model; each
-private model persists with its client across rounds (kept in the server state under client/<k>/
-keys, so it is checkpointed; it is never averaged or sent to another client)."""
+private model persists with its client across rounds (kept in the server state's `held` part, so
+it is checkpointed; it is never averaged or sent to another client)."""
 from __future__ import annotations
 
 import torch

@@ -12,7 +12,7 @@ lambda * ||B[:, p:r]|| * ||A[p:r, :]|| (p = floor(gamma r), summed over layers) 
 client whose pruned-part norm ends the round below where it ended its previous round (below its
 start in its first round; docs/methods.md) lowers its rank to p (never below min_rank); the server
 keeps each client's last pruned-part norm. Lowering the rank from r to p raises the client's scale
-from alpha / r to alpha / p; the engine multiplies its kept B columns by p / r (executors.lower_rank),
+from alpha / r to alpha / p; the engine multiplies its kept B columns by p / r (params.lower_rank),
 so its product keeps its value and only the pruned slots leave it. Pruning is the one way HetLoRA moves in a round in which
 no client learns: the server's average can end below a client's own last norm, and the rule then
 prunes (by design of the rule; with prune_lambda 0 the aggregation alone is a fixed point inside
