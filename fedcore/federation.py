@@ -10,6 +10,7 @@ after round t therefore continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ class Federation:
         out = []
         for k in cohort:
             rank = self.server_state.rank_of(k)
-            start = self.method.client_start_state(self.global_state, self.server_state, k)
+            start = partial(self.method.client_start_state, self.global_state, self.server_state, k)
             out.append(ClientPlan(k, start, rank, alpha / rank if rank is not None else None))
         return out
 

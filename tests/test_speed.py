@@ -70,12 +70,12 @@ class PlainExecutor(SequentialExecutor):
     def run(self, res, plan, round_, server_state):
         cfg, updates = res.cfg, []
         for p in plan:
-            k = p.client
-            load_state(res.params, p.start)
+            k, start = p.client, p.start_state()
+            load_state(res.params, start)
             seed = derive_seed(cfg.seed, round_, k, Purpose.LOCAL_TRAINING)
             torch.manual_seed(seed)
             idx = res.data.client_train[k]
-            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params, start_state=p.start,
+            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params, start_state=start,
                                server=server_state, model=res.model)
             stats = local.train_local(res.model, res.method, ctx, res.data.train_inputs, res.data.train_labels, idx,
                                       epochs=cfg.local_epochs, batch_size=cfg.batch_size, ocfg=cfg.optimizer,

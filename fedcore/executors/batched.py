@@ -135,7 +135,8 @@ class BatchedLoRAExecutor:
         work = []
         for p in plan:
             k, rank = p.client, p.rank
-            t = {n: p.start[n].to(cfg.device, copy=True).requires_grad_(res.method.trains_locally(n)) for n, _ in res.params}
+            start = p.start_state()
+            t = {n: start[n].to(cfg.device, copy=True).requires_grad_(res.method.trains_locally(n)) for n, _ in res.params}
             if rank is not None:
                 zero_beyond_rank(list(t.items()), rank)
             idx = res.data.client_train[k]

@@ -21,8 +21,8 @@ class SequentialExecutor:
         cfg, method, data = res.cfg, res.method, res.data
         updates = []
         for p in plan:
-            k, rank = p.client, p.rank
-            load_fresh(res.params, p.start)
+            k, rank, start = p.client, p.rank, p.start_state()
+            load_fresh(res.params, start)
             if rank is not None:
                 zero_beyond_rank(res.params, rank)
                 set_lora_scaling(res.model, p.scale)
@@ -30,7 +30,7 @@ class SequentialExecutor:
             torch.manual_seed(seed)  # dropout and any other global-RNG draw
             gen = torch.Generator().manual_seed(seed)
             idx = data.client_train[k]
-            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params, start_state=p.start,
+            ctx = LocalContext(round=round_, client=k, num_samples=len(idx), params=res.params, start_state=start,
                                rank=rank, server=server_state, model=res.model)
             stats = train_local(res.model, method, ctx, data.train_inputs, data.train_labels, idx,
                                 epochs=cfg.local_epochs, batch_size=cfg.batch_size, ocfg=cfg.optimizer,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,9 @@ def as_reported(value: float) -> float:
 class ClientPlan:
     """One client's part of a round, as the engine plans it before the executor runs it."""
     client: int
-    start: State  # what the server sends it (Method.client_start_state)
+    # what the server sends it (Method.client_start_state), made when the executor asks: a
+    # sequential cohort then holds one client's start state at a time, not all of them
+    start_state: Callable[[], State]
     rank: int | None = None  # its LoRA rank (LoRA runs): factors are zero beyond it
     scale: float | None = None  # its LoRA scale alpha / rank
 
