@@ -211,7 +211,10 @@ def test_a_disk_filled_mid_launch_stops_it_resumably_and_a_read_only_one_is_refu
     out, err = first.communicate(timeout=300)
     assert first.returncode == 1, (out[-2000:], err[-3000:])
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: storage ") and "MiB free" in last and last.endswith("--resume"), last
+    # which comes first is a race: the watch seeing less than MIN_FREE_MB free (it looks every few
+    # seconds), or a trial's checkpoint write hitting the full disk; either stops it, saved, in one line
+    assert last.startswith("error: storage ") and last.endswith("--resume"), last
+    assert "MiB free" in last or "No space left on device" in last, last
     _, parents, _ = _mlflow(db)
     assert [p.info.status for p in parents] == ["KILLED"]
 
