@@ -101,8 +101,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_finds_lazy_imports_and_packages_and_cycles():
     graph = import_graph()
-    assert "fedcore.methods.base" in graph["fedcore.local"]
-    assert "fedcore.data" in graph["fedcore.data.sources"] or "fedcore.data.images" in graph["fedcore.data.sources"]
+    assert "fedcore.methods" in graph["fedcore.config"]  # imported inside functions only
+    # teacher imports fedcore.data.tokenize, which runs fedcore/data/__init__.py first
+    assert {"fedcore.data", "fedcore.data.tokenize"} <= graph["fedcore.teacher"]
+    assert "fedcore.data" not in graph["fedcore.data.sources"]  # a module inside a package: no edge to it
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 
 
