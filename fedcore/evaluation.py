@@ -12,8 +12,8 @@ from fedcore.assembly import Resident
 from fedcore.data import take
 from fedcore.local import autocast
 from fedcore.methods.base import ServerState, State
-from fedcore.metrics import (class_summary, client_accuracies, client_summary, domain_summary, local_class_summary,
-                             placeholder_row, teacher_summary)
+from fedcore.metrics import (MEAN_CLIENT_ACC, WORST_CLIENT_ACC, class_summary, client_accuracies, client_summary,
+                             domain_summary, local_class_summary, placeholder_row, teacher_summary)
 from fedcore.params import load_state
 
 
@@ -83,7 +83,7 @@ class Evaluator:
         pred = global_pred
         if res.method.personalizes:
             gm = client_summary(client_accuracies(np.split(global_pred == labels[rows], splits)))
-            out.update({f"gm_{k}": gm[k] for k in ("mean_client_acc", "worst_client_acc")})
+            out.update({f"gm_{k}": gm[k] for k in (MEAN_CLIENT_ACC, WORST_CLIENT_ACC)})
             pred = self.personal_predictions(inputs, d.client_test, global_state, server_state, initial_state)
         hit = pred == labels[rows]
         acc = client_accuracies(np.split(hit, splits))
