@@ -1,6 +1,7 @@
 """Real Ray Tune runs (local cluster, 2 CPUs) of the fedcore trainables: one Ray session for the
 module; the launch's TrimFinished callback (sweeps/trim.py) rides along."""
 import math
+from pathlib import Path
 import sys
 
 import pytest
@@ -92,7 +93,6 @@ def test_trainables_report_every_round_and_divergence_ends_quietly(tmp_path):
 
 def flaky(config):
     """fedavg, except that the first attempt dies right after round 2 (before reporting it)."""
-    from pathlib import Path
 
     import fedcore.tune as ft
 
@@ -134,7 +134,6 @@ def killed(config):
     exception, no cleanup, the process gone (what the OOM killer or a lost node does)."""
     import os
     import signal
-    from pathlib import Path
 
     import fedcore.tune as ft
 
@@ -197,3 +196,75 @@ def test_one_trainable_for_every_method_and_reused_actors_change_no_result(tmp_p
     assert trainable_for(None).__name__ == "fedcore"
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         trainable_for("nope")
+
+
+def test_a_round_logged_again_after_a_restore_replaces_the_rows_from_there(tmp_path):
+    """A driver that restores a trial from a checkpoint older than its last logged round (killed
+    before Tune saved the experiment) logs those rounds again: result.json and progress.csv hold
+    each round once, the rerun's values, and a line cut short by the kill is dropped."""
+    import csv
+    import json
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from sweeps.round_log import RoundCsv, RoundJson
+
+    trial = Trial("fedcore", stub=True, storage=StorageContext(
+        storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="t1"))
+    trial.init_local_path()  # what Tune does before it starts a trial
+
+    def drive(rounds, value):
+        loggers = RoundJson(), RoundCsv()  # a driver's own, as a resumed launch makes them anew
+        for r in rounds:
+            for log in loggers:
+                log.log_trial_result(r, trial, {"round": float(r), "acc": value + r, "trial_id": "t1"})
+        for log in loggers:
+            log.log_trial_end(trial)
+
+    drive([1, 2, 3, 4], 0.0)
+    with open(f"{trial.local_path}/result.json", "a") as f:
+        f.write('{"round": 5.0, "ac')  # the killed driver's last write
+    drive([3, 4, 5, 6], 100.0)
+    drive([6, 7], 200.0)  # restored at its last checkpoint's round: only that one again
+    rows = [json.loads(line) for line in open(f"{trial.local_path}/result.json")]
+    assert [(r["round"], r["acc"]) for r in rows] == [(1, 1), (2, 2), (3, 103), (4, 104), (5, 105), (6, 206), (7, 207)]
+    with open(f"{trial.local_path}/progress.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(float(r["round"]), float(r["acc"])) for r in table] == [(r["round"], r["acc"]) for r in rows]
+
+    # a trial restarted within the driver (its node lost) from its checkpoint at round 8, while the
+    # storage's copy of its files, synced with the experiment, still ends at round 2: the driver's own
+    # copy is kept, not replaced by the storage's (which would leave rounds 3 to 8 out)
+    import shutil
+
+    from ray.train._internal.session import _TrainingResult
+
+    storage_copy = Path(trial.storage.trial_fs_path)
+    storage_copy.mkdir(parents=True, exist_ok=True)
+    for name in ("result.json", "progress.csv"):  # a sync of the driver's files
+        shutil.copy(Path(trial.local_path, name), storage_copy / name)
+    (tmp_path / "ckpt").mkdir()
+    trial.run_metadata.checkpoint_manager.register_checkpoint(
+        _TrainingResult(tune.Checkpoint.from_directory(str(tmp_path / "ckpt")), {"round": 8}))
+    loggers = RoundJson(), RoundCsv()
+    for log in loggers:
+        log.log_trial_result(8, trial, {"round": 8.0, "acc": 208.0})
+    (storage_copy / "result.json").write_text("".join(json.dumps({"round": r, "acc": r}) + "\n" for r in (1, 2)))
+    for log in loggers:
+        log.log_trial_end(trial, failed=True)  # what Tune does when the trial's actor dies
+        log.log_trial_start(trial)
+        log.log_trial_result(9, trial, {"round": 9.0, "acc": 309.0})
+        log.log_trial_end(trial)
+    rows = [json.loads(line) for line in open(f"{trial.local_path}/result.json")]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8, 9] and rows[-1]["acc"] == 309
+
+    # rows without a round (a custom trainable) are appended as Tune's loggers do
+    other = Trial("x", stub=True, storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp",
+                                                         trial_dir_name="t2"))
+    other.init_local_path()
+    for _ in range(2):
+        log = RoundJson()
+        log.log_trial_result(1, other, {"loss": 1.0})
+        log.log_trial_end(other)
+    assert len(open(f"{other.local_path}/result.json").read().splitlines()) == 2
