@@ -17,7 +17,6 @@ import math
 import re
 from typing import Any
 
-import optuna
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 

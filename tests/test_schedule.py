@@ -149,7 +149,7 @@ def test_an_errored_trial_that_finishes_when_run_again_counts():
     """Tune runs an errored trial again on --resume (same id): its late finish must choose the best
     and start the seeds, not be dropped because the trial was no longer running."""
     search = CellSearch(plans()[:1], num_samples=2, seeds=1, objectives=OBJ, max_concurrent=2, log=lambda m: None)
-    t1, t2 = search.suggest("t1"), search.suggest("t2")
+    t1, _ = search.suggest("t1"), search.suggest("t2")
     search.on_trial_complete("t1", None, error=True)
     search.on_trial_complete("t2", result(math.nan, diverged=1.0))
     assert search.cells[0].settled and search.cells[0].best is None
