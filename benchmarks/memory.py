@@ -43,7 +43,7 @@ def peak_rss_mb() -> float:
 def _trials(n: int) -> None:
     import torch
 
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.federation import Federation
 
     torch.set_num_threads(2)

@@ -30,7 +30,7 @@ THREADS, SEED, BATCH, LR, MOMENTUM, EVERY = 2, 0, 32, 0.01, 0.9, 5
 
 
 def make_federation(rounds: int, clients: int = 100):
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.federation import Federation
 
     cfg = make_config({}, **{

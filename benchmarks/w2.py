@@ -26,7 +26,7 @@ BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 
 
 def make(executor: str, steps: int, model: str = "minilm-l6", device: str = "cpu", dropout: float | None = None,
          max_train: int = 8000, precision: str = "fp32"):
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.federation import Federation
 
     extra = {} if dropout is None else {"model.encoder_dropout": dropout, "model.lora.dropout": dropout}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fedcore.config import RunConfig
+from fedcore.resolve import resolve
 from fedcore.data import FederatedData, load_federated, read_pool
 from fedcore.local import make_optimizer
 from fedcore.methods import Method, get_method
@@ -52,6 +53,7 @@ def running_stats(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def assemble(cfg: RunConfig, data: FederatedData | None = None) -> Resident:
+    cfg = resolve(cfg)  # a RunConfig made without fedcore.resolve (its defaults that need the registries unset)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     data = data if data is not None else load_data(cfg)

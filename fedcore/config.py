@@ -1,8 +1,10 @@
-"""Typed, validated experiment config.
+"""Typed, validated experiment config: the schema, the floor of fedcore (it imports no other part).
 
 Everything a run depends on lives here, so a config can be checked before any model, data or
 Ray worker exists. Errors are raised as `ConfigError` with one line per problem naming the field,
-the value and what is allowed.
+the value and what is allowed. This module checks what the schema alone can tell; fedcore/resolve.py
+checks the rest against the registries (data sources, models, methods) and fills the defaults that
+depend on them: `fedcore.resolve.make_config` is the config every run is built from.
 """
 from __future__ import annotations
 
@@ -66,16 +68,6 @@ class DataConfig(_Strict):
     # Long-tailed training pool with this imbalance factor (FedPuReL's exponential profile,
     # fedcore/data/long_tail.py: class 0 the head, the last class n_max / IF); the test set stays.
     long_tail_if: float | None = Field(None, ge=1)
-
-    @field_validator("source", "test_source")
-    @classmethod
-    def _check_source(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from fedcore.data.sources import check_uri
-
-        return check_uri(v)
-
 
 class PartitionConfig(_Strict):
     # domain: client k holds domain k mod D only (feature non-IID); domain_dirichlet: and Dirichlet
@@ -184,41 +176,6 @@ class ModelConfig(_Strict):
     # transformers: hidden and attention dropout of the encoder (None: the checkpoint's own, 0.1 for BERT)
     encoder_dropout: float | None = Field(None, ge=0, lt=1)
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        from fedcore.models import check_model_name
-
-        check_model_name(v)
-        return v
-
-
-    @model_validator(mode="after")
-    def _tuning_fits_model(self) -> "ModelConfig":
-        from fedcore.models import is_transformer
-
-        from fedcore.models import is_clip
-
-        if is_clip(self.name):  # a CLIP classifier is its zero-shot head (the text tower's prompt embeddings)
-            if "head" in self.model_fields_set and self.head != "zero_shot":
-                raise ValueError(f"model.head: {self.head!r} for {self.name!r}; allowed: 'zero_shot' (CLIP classifies "
-                                 f"by its class prompt embeddings)")
-            object.__setattr__(self, "head", "zero_shot")
-        if self.head == "zero_shot" and not is_transformer(self.name):
-            raise ValueError(f"model.head: 'zero_shot' needs a pretrained encoder with prompts, but {self.name!r} "
-                             f"is trained from scratch; allowed for {self.name!r}: 'linear'")
-        if self.tuning is None:
-            object.__setattr__(self, "tuning", "lora" if is_transformer(self.name) else "full")
-        elif self.tuning == "head" and self.head == "zero_shot":
-            raise ValueError("model.tuning: 'head' has nothing to train with model.head 'zero_shot' (the head is the "
-                             "fixed class prompt embeddings); allowed: 'lora' or 'full'")
-        elif self.tuning != "full" and not is_transformer(self.name):
-            raise ValueError(
-                f"model.tuning: {self.tuning!r} needs a transformer encoder, but {self.name!r} "
-                f"is trained from scratch; allowed for {self.name!r}: 'full'"
-            )
-        return self
-
 
 class TeacherConfig(_Strict):
     """A frozen zero-shot foundation model (fedcore/models/zero_shot.py): the teacher of distillation
@@ -241,16 +198,10 @@ class TeacherConfig(_Strict):
 
     @field_validator("per_client")
     @classmethod
-    def _known_teachers(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return v
-        if not v:
+    def _some_teachers(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
             raise ValueError("must name at least one teacher, got []; allowed: a list of zero-shot heads such as "
                              "['minilm-l6', 'tiny-bert'], or null (the one teacher `name` on every client)")
-        from fedcore.models import check_model_name
-
-        for name in v:
-            check_model_name(name)
         return v
 
     @property
@@ -269,16 +220,7 @@ class OptimizerConfig(_Strict):
 
 class MethodConfig(_Strict):
     name: str = "fedavg"
-    params: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _known_method(self) -> "MethodConfig":
-        from fedcore.methods import method_class
-
-        # a built-in, a plugin's entry point name, or 'module:Class' (docs/plugins.md); an unknown
-        # name or an unusable plugin is one 'method.name: ...' line
-        method_class(self.name).parse_params(self.params)
-        return self
+    params: dict[str, Any] = {}  # checked by the method's own Params (fedcore/resolve.py)
 
 
 class EvalConfig(_Strict):
@@ -365,59 +307,7 @@ class RunConfig(_Strict):
                 f"clients_per_round: {self.clients_per_round} is more than partition.num_clients "
                 f"({n}); allowed: 1..{n}"
             )
-        if self.model.tuning == "lora":
-            from fedcore.models import lora_width
-
-            width = lora_width(self.model)
-            if width is not None and self.model.lora.resident_rank > width:
-                raise ValueError(
-                    f"model.lora: rank {self.model.lora.resident_rank} is above the width {width} of "
-                    f"{self.model.name}'s LoRA target layers; allowed: 1..{width}"
-                )
-            ranks = self.model.lora.ranks
-            if ranks is not None and len(ranks) != self.partition.num_clients:
-                raise ValueError(f"model.lora.ranks: {len(ranks)} ranks for {self.partition.num_clients} clients; "
-                                 f"allowed: one rank per client")
-        from fedcore.methods import METHODS, method_class
-
-        if self.teacher is None and self.model.head == "zero_shot":
-            # the model's own frozen prior, read the same way: the teacher of FedPuReL's alignment, and
-            # the zero-shot row of any run that fine-tunes from it
-            object.__setattr__(self, "teacher", TeacherConfig(
-                name=self.model.name, template=self.model.prompt, scale=self.model.logit_scale,
-                max_len=self.data.max_len))
-        elif self.teacher is None and method_class(self.method.name).needs_teacher:
-            object.__setattr__(self, "teacher", TeacherConfig())
-        method = method_class(self.method.name)
-        if self.model.tuning == "lora" and self.model.lora.heterogeneous and not method.handles_mixed_ranks:
-            # one rule for every method: a method declares that it rescales factors across ranks
-            able = ", ".join(n for n, m in METHODS.items() if m.handles_mixed_ranks)
-            raise ValueError(f"model.lora: method {self.method.name!r} cannot train clients of different LoRA ranks "
-                             f"({method.mixed_ranks_refusal}); got {self.model.lora.describe_ranks()}; allowed: one "
-                             f"rank for every client (rank_profile 'homogeneous'), or a method that handles mixed "
-                             f"ranks: {able}")
-        if method_class(self.method.name).requires_lora and self.model.tuning != "lora":
-            raise ValueError(
-                f"method.name: {self.method.name!r} aggregates LoRA factors but model.tuning "
-                f"is {self.model.tuning!r}; allowed: model.tuning 'lora'"
-            )
         return self
-
-    @model_validator(mode="after")
-    def _client_teachers_need_distillation(self) -> "RunConfig":
-        # Fed-LPFM's teacher ablations change only the training rows' teacher logits, which only a
-        # distilling method reads; anywhere else they would build a teacher per client for nothing
-        from fedcore.methods import METHODS, method_class
-
-        t = self.teacher
-        if (t is None or not t.per_client_heads
-                or getattr(method_class(self.method.name), "distils_client_teachers", False)):
-            return self
-        field, value = (("teacher.per_client", t.per_client) if t.per_client is not None
-                        else ("teacher.finetune_epochs", t.finetune_epochs))
-        able = ", ".join(n for n, m in METHODS.items() if getattr(m, "distils_client_teachers", False))
-        raise ValueError(f"{field}: {value!r} with method {self.method.name!r}, which does not distil per-client "
-                         f"teachers; allowed: {'null' if field == 'teacher.per_client' else '0'}, or method {able}")
 
     @property
     def partition_seed(self) -> int:
@@ -434,19 +324,22 @@ class RunConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def error_line(loc: str, msg: str, value: Any = None) -> str:
+    """One problem as its line: 'field: what is wrong (got value)'. A message that already names its
+    field (a cross-field check) keeps its own; the value is added where the message lacks it."""
+    line = msg if re.match(r"^[\w.]+: ", msg) else f"{loc}: {msg}"
+    if not isinstance(value, (dict, list, type(None))) and str(value) not in line:
+        line += f" (got {value!r})"
+    return line
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = _unknown_field(e["loc"])
-        # validators that already name their field (cross-field checks) say it themselves
-        line = msg if re.match(r"^[\w.]+: ", msg) else f"{loc}: {msg}"
-        value = e.get("input")
-        if not isinstance(value, (dict, list, type(None))) and str(value) not in line:
-            line += f" (got {value!r})"
-        lines.append(line)
+        lines.append(error_line(".".join(str(p) for p in e["loc"]), msg, e.get("input")))
     return "invalid config: " + "; ".join(lines)
 
 
@@ -464,8 +357,11 @@ def _unknown_field(loc: tuple) -> str:
     return f"unknown field{hint}; allowed: {', '.join(names)}"
 
 
-def make_config(data: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
-    """Build a RunConfig from a nested dict plus dotted overrides, raising ConfigError."""
+def parse_config(data: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """A RunConfig from a nested dict plus dotted overrides, checked against this schema only (types,
+    ranges, fields that must agree), raising ConfigError. What needs the registries (a source's
+    URI, a model's or method's name, defaults that depend on the model) is fedcore.resolve's: use
+    its make_config."""
     merged: dict[str, Any] = json.loads(json.dumps(data or {}))
     for key, value in overrides.items():
         set_dotted(merged, key, value)
@@ -486,8 +382,8 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML config file (optional) and apply dotted overrides."""
+def read_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """parse_config of a YAML config file (optional) with dotted overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -500,7 +396,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file: {str(p)!r} must hold a mapping at the top level")
         data = loaded
-    return make_config(data, **(overrides or {}))
+    return parse_config(data, **(overrides or {}))
 
 
 def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:

@@ -36,9 +36,9 @@ STATE_VERSION = checkpoint.STATE_VERSION
 
 class Federation:
     def __init__(self, cfg: RunConfig, data: FederatedData | None = None):
-        self.cfg = cfg
         self.resident: Resident = assemble(cfg, data)
-        res = self.resident
+        res, self.cfg = self.resident, self.resident.cfg
+        cfg = self.cfg
         global_state = snapshot(res.params)
         self.initial_state = global_state  # what a client-held copy starts from (never changed in place)
         server_state = ServerState(own=res.method.init_server_state(global_state))

@@ -238,8 +238,8 @@ def teacher_summary(test: dict[str, float], client_acc: np.ndarray, local: dict[
     c = client_summary(client_acc)
     return {"teacher_acc": test["global_acc"], "teacher_balancedness": test["balancedness"],
             "teacher_many_acc": test["many_acc"], "teacher_medium_acc": test["medium_acc"],
-            "teacher_few_acc": test["few_acc"], "teacher_mean_client_acc": c["mean_client_acc"],
-            "teacher_worst_client_acc": c["worst_client_acc"], **{f"teacher_{k}": v for k, v in local.items()},
+            "teacher_few_acc": test["few_acc"], "teacher_mean_client_acc": c[MEAN_CLIENT_ACC],
+            "teacher_worst_client_acc": c[WORST_CLIENT_ACC], **{f"teacher_{k}": v for k, v in local.items()},
             **{f"teacher_{k}": v for k, v in test.items() if k.startswith("class_acc/")}}
 
 

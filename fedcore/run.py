@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from fedcore.metrics import BALANCEDNESS, GAP, GLOBAL_ACC, MEAN_CLIENT_ACC, WORST_CLIENT_ACC
+
 if TYPE_CHECKING:  # imported where a run starts: --help and --list-methods stay light
     from fedcore.federation import Federation
 
@@ -87,8 +89,8 @@ def round_line(m: dict, total: int) -> str:
         v = m.get(key, math.nan)
         return "  -   " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
-    return (f"round {int(m['round']):>3}/{total}  mean {f('mean_client_acc')}  worst {f('worst_client_acc')}  "
-            f"gap {f('gap')}  bal {f('balancedness')}  global {f('global_acc')}  "
+    return (f"round {int(m['round']):>3}/{total}  mean {f(MEAN_CLIENT_ACC)}  worst {f(WORST_CLIENT_ACC)}  "
+            f"gap {f(GAP)}  bal {f(BALANCEDNESS)}  global {f(GLOBAL_ACC)}  "
             f"loss {m['train_loss']:.4f}  {m['seconds']:.1f}s")
 
 
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_methods:
         return list_methods(args.method)
-    from fedcore.config import ConfigError, load_config
+    from fedcore.config import ConfigError
+    from fedcore.resolve import load_config
     from fedcore.data import DataSourceError
     from fedcore.data.partition import PartitionError
     from fedcore.local import DivergedError
@@ -212,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper-client accuracy (final round):")
     print(format_table(rows, ["client", "train_n", "test_n", "classes", "acc"]))
     last = fed.history[-1] if fed.history else {}
-    print(f"\nfinal: mean {last.get('mean_client_acc', math.nan):.4f}  worst {last.get('worst_client_acc', math.nan):.4f}  "
-          f"gap {last.get('gap', math.nan):.4f}  balancedness {last.get('balancedness', math.nan):.4f}  "
-          f"global {last.get('global_acc', math.nan):.4f}  ({time.perf_counter() - t0:.0f}s)")
+    print(f"\nfinal: mean {last.get(MEAN_CLIENT_ACC, math.nan):.4f}  worst {last.get(WORST_CLIENT_ACC, math.nan):.4f}  "
+          f"gap {last.get(GAP, math.nan):.4f}  balancedness {last.get(BALANCEDNESS, math.nan):.4f}  "
+          f"global {last.get(GLOBAL_ACC, math.nan):.4f}  ({time.perf_counter() - t0:.0f}s)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"config": cfg.model_dump(mode="json"),
                                                    "history": fed.history, "clients": rows}, indent=1))

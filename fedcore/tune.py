@@ -21,7 +21,8 @@ from typing import Any, Callable
 import ray
 from ray import tune
 
-from fedcore.config import RunConfig, make_config
+from fedcore.config import RunConfig
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.local import DivergedError
 from fedcore.methods import METHODS, method_class

@@ -37,7 +37,7 @@ from typing import Any
 
 from ray import tune
 
-from fedcore.metrics import BALANCEDNESS, LABELS, SUMMARY_KEYS, WORST_CLIENT_ACC
+from fedcore.metrics import BALANCEDNESS, GAP, LABELS, MEAN_CLIENT_ACC, SUMMARY_KEYS, WORST_CLIENT_ACC
 from search_spaces.distributions import format_distribution
 import sweeps.storage as storage_mod
 from sweeps.guards import LaunchLock, check_address, check_resources, stop_like_ctrl_c, wait_until_placeable
@@ -161,7 +161,8 @@ def user_settings(args) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def plan(args, study, profile) -> list[dict[str, Any]]:
     """Validated (cell, base config, space) entries; raises ValueError before anything runs."""
-    from fedcore.config import ConfigError, make_config
+    from fedcore.config import ConfigError
+    from fedcore.resolve import make_config
 
     sets, extra_space = user_settings(args)
     cells = study.cells(profile)
@@ -466,7 +467,7 @@ def format_table(rows: list[dict[str, Any]], objective: str = WORST_CLIENT_ACC, 
         if "error" in r:
             lines.append(f"{r['cell']:<{width}}  {r['error']}")
             continue
-        cols = "  ".join(pm(r[k + "_stat"]) for k in ("mean_client_acc", "worst_client_acc", "gap", "balancedness"))
+        cols = "  ".join(pm(r[k + "_stat"]) for k in (MEAN_CLIENT_ACC, WORST_CLIENT_ACC, GAP, BALANCEDNESS))
         lines.append(f"{r['cell']:<{width}}{r['seeds']:>6}  {cols}")
     over = f"eval protocol {protocol}" if protocol else "its eval protocol"
     if protocol == "class_filtered":

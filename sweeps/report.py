@@ -45,6 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fedcore.metrics import BALANCEDNESS, GAP, MEAN_CLIENT_ACC, WORST_CLIENT_ACC
 from sweeps.report_common import (INTERVAL_NOTE, LABELS, Line, ReportError, as_number, bare_number_classes, data_names,
                                   cell_key, child_runs, data_note, describe_data, find_parent, generic_report, half_width, is_paper_data,
                                   mean_sd, methods_ref, no_reference, pct, pct_header, plot_curves, plot_lines, pm,
@@ -56,7 +57,7 @@ from sweeps.report_priors import fed_lpfm_report, fedpurel_report
 
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("mean_client_acc", "worst_client_acc", "gap", "balancedness")
+KEYS = (MEAN_CLIENT_ACC, WORST_CLIENT_ACC, GAP, BALANCEDNESS)
 
 # The FM Fairness Paradox paper (Naseer & Shoaib 2026), AG News, K=10, seed 42, final round; (avg, worst,
 # gap) in percent (docs/methods.md, section "FM Fairness Paradox"). The paper's FM arm is DistilBERT +
@@ -108,7 +109,7 @@ QUESTIONS = (("pretraining", "fm_full", "fm_scratch", "same encoder and full fin
 def priors_verdict(contrasts: list[dict[str, Any]]) -> str | None:
     """At the smallest alpha, where the control levels ran: the gap contrasts that isolate pretraining,
     adaptation and architecture/capacity, each with its interval and verdict (sweeps/contrasts.py)."""
-    gap = [r for r in contrasts if r["metric"] == "gap" and not r["interaction"]]
+    gap = [r for r in contrasts if r["metric"] == GAP and not r["interaction"]]
     alphas = sorted({float(r["a_factors"]["alpha"]) for r in gap if "alpha" in r["a_factors"]})
     if not alphas:
         return None
@@ -183,8 +184,8 @@ def plot_gap_vs_alpha(rows, path: Path, title: str = "worst-client gap against l
     lines = []
     for key in sorted({(r["model"], r["aggregation"]) for r in rows}, key=_order):
         rs = sorted((r for r in rows if (r["model"], r["aggregation"]) == key), key=lambda r: r["alpha"])
-        lines.append(Line(_label(key), [r["alpha"] for r in rs], [100 * r["gap"][0] for r in rs],
-                          [half_width(r["gap"]) for r in rs], color=_color(key), n=[r["gap"].n for r in rs]))
+        lines.append(Line(_label(key), [r["alpha"] for r in rs], [100 * r[GAP][0] for r in rs],
+                          [half_width(r[GAP]) for r in rs], color=_color(key), n=[r[GAP].n for r in rs]))
     plot_lines([lines], path, xlabel="Dirichlet alpha (smaller = more skewed)", logx=True,
                ylabels=["gap = mean - worst client acc (%)"], titles=[title])
 
@@ -229,7 +230,7 @@ def fairness_report(client, parent, records, out: Path, contrasts=()) -> tuple[s
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["alpha"], (r["model"], r["aggregation"]))].append(r)
-    plot_curves(client, groups, "worst_client_acc", files[3], panels=sorted({a for a, _ in groups}),
+    plot_curves(client, groups, WORST_CLIENT_ACC, files[3], panels=sorted({a for a, _ in groups}),
                 series=sorted({s for _, s in groups}, key=_order), label=_label, color=_color,
                 panel_title=lambda a: f"alpha {a:g}", ylabel="worst-client acc (%)",
                 title=titled("worst-client accuracy over rounds", records))
@@ -284,7 +285,7 @@ def protocol_note(records: list[dict[str, Any]], tuning_seeds: set[int]) -> str:
                "a re-run of the trial chosen for being best (a launch from before seed runs were made disjoint)")
             + f"), final round, eval protocol {', '.join(protocols) or 'unrecorded'}.")
     zero_gap = sorted({cell_key(r) for r in records}
-                      - {cell_key(r) for r in records if not abs(r["metrics"].get("gap", math.nan)) < 1e-9})
+                      - {cell_key(r) for r in records if not abs(r["metrics"].get(GAP, math.nan)) < 1e-9})
     if "class_filtered" in protocols:
         note += (" Under class_filtered each client is scored on the test samples of the classes it holds, so "
                  "clients that hold every class share one test set and their gap is 0 by construction")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from fedcore.metrics import LABELS, SUMMARY_KEYS
+from fedcore.metrics import GAP, LABELS, MEAN_CLIENT_ACC, SUMMARY_KEYS, WORST_CLIENT_ACC
 
 KEYS = SUMMARY_KEYS
 METHODS_DOC = "docs/methods.md"
@@ -189,8 +189,8 @@ def zero_shot_metrics(metrics: dict[str, float]) -> dict[str, float] | None:
            for k, v in metrics.items() if k.startswith("teacher_")}
     if not any(v == v for v in out.values()):
         return None
-    if "mean_client_acc" in out and "worst_client_acc" in out:
-        out["gap"] = out["mean_client_acc"] - out["worst_client_acc"]
+    if MEAN_CLIENT_ACC in out and WORST_CLIENT_ACC in out:
+        out[GAP] = out[MEAN_CLIENT_ACC] - out[WORST_CLIENT_ACC]
     return out
 
 
@@ -475,7 +475,7 @@ def generic_report(client, parent, records: list[dict[str, Any]], out: Path, con
 
     # curves: one panel per combination of the numeric factors (the partition, usually), one line per cell
     groups = {split(r, numeric): by_cell[r["cell"]] for r in cells}
-    for key in ("worst_client_acc", "mean_client_acc"):
+    for key in (WORST_CLIENT_ACC, MEAN_CLIENT_ACC):
         if key in keys:
             files.append(out / f"{key}_over_rounds.png")
             plot_curves(client, groups, key, files[-1], ylabel=f"{LABELS[key]} (%)",

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from fedcore.metrics import GAP, MEAN_CLIENT_ACC, WORST_CLIENT_ACC
 from sweeps.report_common import (INTERVAL_NOTE, data_names, data_note, is_paper_data, methods_ref, no_reference, pct,
                                   pct_header, plot_curves, pm, pm_head, stat, titled, write_csv, zero_shot_records)
 
@@ -34,7 +35,7 @@ LORA_FAIR_PAPER = {
 }
 PAPER_TABLES = {1: "feature non-IID", 2: "feature + label non-IID"}
 DATASET_NAMES = {"domainnet": "DomainNet", "nicopp": "NICO++"}
-RANK_KEYS = ("mean_client_acc", "worst_client_acc", "gap", "energy_outside_shared", "effective_rank")
+RANK_KEYS = (MEAN_CLIENT_ACC, WORST_CLIENT_ACC, GAP, "energy_outside_shared", "effective_rank")
 
 
 def _num(v: float) -> str:
@@ -70,7 +71,7 @@ def rank_collapse_table(rows: list[dict[str, Any]], data: list[str] = ()) -> str
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['alpha']:>5g}  {r['rank_profile']:<18}{r['method']:<10}{r['seeds']:>5}  "
-                     f"{pm(r['mean_client_acc'])}  {pm(r['worst_client_acc'])}  {pm(r['gap'])}  "
+                     f"{pm(r[MEAN_CLIENT_ACC])}  {pm(r[WORST_CLIENT_ACC])}  {pm(r[GAP])}  "
                      f"{pm(r['energy_outside_shared'])}  {_num(r['effective_rank'][0]):>7}")
     lines.append(f"(percent; {INTERVAL_NOTE}, final round. 1-rho_rmin: share of the global update's energy "
                  "outside the smallest client rank, averaged over LoRA layers; raFLoRA's claim is that it decays "
@@ -92,7 +93,7 @@ def rank_collapse_report(client, parent, records, out: Path, contrasts=()) -> tu
               ([r["alpha"], r["rank_profile"], r["method"], r["seeds"], *values(r)] for r in rows))
     for key, path, ylabel, title in (
             ("energy_outside_shared", files[1], "1 - rho_rmin (%)", "energy of the global update outside the shared rank"),
-            ("worst_client_acc", files[2], "worst-client acc (%)", "worst-client accuracy over rounds")):
+            (WORST_CLIENT_ACC, files[2], "worst-client acc (%)", "worst-client accuracy over rounds")):
         plot_curves(client, groups, key, path, panels=panels, series=list(RANK_COLLAPSE_METHODS), ylabel=ylabel,
                     title=titled(title, records))
     return rank_collapse_table(rows, data_names(records)), files
@@ -143,7 +144,7 @@ def lora_fair_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         row: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rs),
                                **{f"domain_acc/{d}": stat(rs, f"domain_acc/{d}") for d in domains},
                                "avg": stat(rs, "domain_avg_acc" if domains else "global_acc"),
-                               "worst_client_acc": stat(rs, "worst_client_acc"),
+                               WORST_CLIENT_ACC: stat(rs, WORST_CLIENT_ACC),
                                "paper": ref.get(method), "paper_table": table, "paper_setting": label}
         row["paper_ref"] = label if row["paper"] is not None else ""  # what the paper column's value is
         rows.append(row)
@@ -161,7 +162,7 @@ def lora_fair_table(rows: list[dict[str, Any]], domains: list[str], data: list[s
         lines += [setting + (f"   [paper column: LoRA-FAIR {label}, Avg]" if label else "   [no paper column]"),
                   head, "-" * len(head)]
         for r in block:
-            vals = [pm(r[f"domain_acc/{d}"]) for d in domains] + [pm(r["avg"]), pm(r["worst_client_acc"])]
+            vals = [pm(r[f"domain_acc/{d}"]) for d in domains] + [pm(r["avg"]), pm(r[WORST_CLIENT_ACC])]
             paper = f"{r['paper']:.2f}" if r["paper"] else "-"
             lines.append(f"{r['method']:<11}{r['seeds']:>5}  " + "  ".join(vals) + f"   {paper:>12}")
         lines.append("")
@@ -185,7 +186,7 @@ def lora_fair_report(client, parent, records, out: Path, contrasts=()) -> tuple[
         groups[(_setting(r), r["aggregation"])].append(r)
     panels = list(dict.fromkeys(_setting(r) for r in sorted(records, key=lambda r: r["alpha"])))
     files = [out / "table.csv", out / "accuracy_over_rounds.png"]
-    header, values = _csv_columns([f"domain_acc/{d}" for d in domains] + ["avg", "worst_client_acc"])
+    header, values = _csv_columns([f"domain_acc/{d}" for d in domains] + ["avg", WORST_CLIENT_ACC])
     write_csv(files[0], ["setting", "method", "seeds", *header, "paper_%", "paper_ref"],
               ([r["setting"], r["method"], r["seeds"], *values(r), r["paper"], r["paper_ref"]] for r in rows))
     plot_curves(client, groups, "domain_avg_acc" if domains else "global_acc", files[1], panels=panels,

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.params import load_state
 from fedcore.federation import Federation
 from fedcore.methods import METHODS

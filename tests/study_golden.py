@@ -40,6 +40,7 @@ def data_dir_for(study: str, profile: str, root: Path) -> str | None:
 def describe(study_name: str, profile_name: str, controls: bool, data_dir: str | None) -> dict:
     from sweeps.launch import find_study, plan
     from sweeps.studies import get_profile
+    from fedcore.resolve import make_config
 
     study = find_study(study_name, profile_name, controls)
     profile = get_profile(study, profile_name, data_dir)
@@ -49,6 +50,14 @@ def describe(study_name: str, profile_name: str, controls: bool, data_dir: str |
     def clean(value):
         text = json.dumps(value, sort_keys=True, default=str)
         return json.loads(text.replace(data_dir, DATA) if data_dir else text)
+
+    plain_model = make_config().model  # the default model, its tuning resolved (textcnn: full)
+
+    def config_of(cfg):
+        out = cfg.model_dump(mode="json", exclude_defaults=True)
+        if cfg.model == plain_model:  # a resolved default is a default (as this file was recorded)
+            out.pop("model", None)
+        return clean(out)
     # what a trial runs: the validated config (where it differs from the defaults; the space's keys at
     # its probe values) and the space, in order (each cell's sampler draws in that order)
     return {
@@ -57,7 +66,7 @@ def describe(study_name: str, profile_name: str, controls: bool, data_dir: str |
         "cpus_per_trial": profile.cpus_per_trial, "gpus_per_trial": profile.gpus_per_trial,
         "zero_shot_row": study.zero_shot_row, "data_files": list(profile.data_files),
         "cells": [{"name": e["name"], "cell": clean(e["cell"]), "rounds": e["overrides"]["rounds"],
-                   "config": clean(e["cfg"].model_dump(mode="json", exclude_defaults=True)),
+                   "config": config_of(e["cfg"]),
                    "space": [[k, format_distribution(d)] for k, d in e["space"].items()]} for e in entries],
     }
 

@@ -87,7 +87,7 @@ def test_unknown_method_param_is_named():
 def test_fedavgw_splits_real_peft_keys():
     """On a real peft model, lora_A/lora_B get inverse weights and the head (modules_to_save)
     size weights."""
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.models import build_model
 
     model = build_model(make_config({}, **{"model.name": "tiny-bert", "model.lora.r": 2}).model, 3)

@@ -3,7 +3,7 @@ paradox study. Skipped where ../shared/data is absent (a user's fresh clone)."""
 import pytest
 
 from conftest import ag_news_uris, needs_ag_news
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 
 pytestmark = [pytest.mark.slow, needs_ag_news]

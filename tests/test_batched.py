@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedcore.executors import BatchedLoRAExecutor, refusal
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 
 BASE = {"data": {"source": "synthetic:topics?n=300&test=80", "max_len": 16},

@@ -1,6 +1,7 @@
 import pytest
 
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 
 SYN = "synthetic:topics?n=40&test=20"
@@ -55,3 +56,19 @@ def test_fingerprint_ignores_budget_and_placement():
     a = make_config({}, seed=1)
     for key, value in (("rounds", 99), ("torch_threads", 1), ("cache_dir", "/tmp/x")):
         assert a.fingerprint() == make_config({}, **{"seed": 1, key: value}).fingerprint()
+
+
+def test_the_schema_alone_leaves_registry_defaults_to_resolve_which_is_idempotent():
+    from fedcore.config import ModelConfig, parse_config
+    from fedcore.resolve import resolve
+
+    parsed = parse_config({"model": {"name": "tiny-bert"}, "method": {"name": "fed_lpfm"}})
+    assert parsed.model.tuning is None and parsed.teacher is None  # what only the registries know
+    cfg = resolve(parsed)
+    assert cfg.model.tuning == "lora" and cfg.teacher is not None and cfg.teacher.name == "minilm-l6"
+    assert resolve(cfg) == cfg and resolve(cfg).fingerprint() == cfg.fingerprint()
+    assert make_config().model.tuning == "full" and ModelConfig().tuning is None  # no shared default changed
+    # a name only a registry can check is refused by resolve, worded as the schema's errors
+    with pytest.raises(ConfigError, match=r"^invalid config: model.name: unknown model 'nope'"):
+        make_config(model={"name": "nope"})
+    assert parse_config(model={"name": "nope"}).model.name == "nope"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 
 CASES = {

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.data.long_tail import long_tail_counts, long_tail_subsample
 from fedcore.federation import Federation
 from fedcore.methods import get_method

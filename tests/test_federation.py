@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.data import take
 from fedcore.federation import Federation
 from fedcore.local import DivergedError

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from fedcore.alignment import aligned_temperatures, entropy, plain_kl, purify, tkl, tkl_align_loss
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.data.partition import pooled_hierarchical
 from fedcore.params import load_state
 from fedcore.federation import Federation

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.methods import get_method
 from fedcore.methods.base import ClientUpdate, LocalContext, ServerState

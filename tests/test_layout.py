@@ -101,7 +101,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_finds_lazy_imports_and_packages_and_cycles():
     graph = import_graph()
-    assert "fedcore.methods" in graph["fedcore.config"]  # imported inside functions only
+    assert "fedcore.data.sources" in graph["fedcore.teacher"]  # imported inside a function only
     # teacher imports fedcore.data.tokenize, which runs fedcore/data/__init__.py first
     assert {"fedcore.data", "fedcore.data.tokenize"} <= graph["fedcore.teacher"]
     assert "fedcore.data" not in graph["fedcore.data.sources"]  # a module inside a package: no edge to it
@@ -110,6 +110,15 @@ def test_the_import_graph_finds_lazy_imports_and_packages_and_cycles():
 
 def test_fedcore_has_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+def test_the_config_is_the_floor_and_resolving_it_one_step_above():
+    """config.py imports no other part of fedcore (lazily neither); fedcore.resolve, which checks a
+    config against the registries, is imported by the engine's assembly and its entry points only."""
+    graph = import_graph()
+    assert graph["fedcore.config"] == set()
+    users = sorted(m for m, deps in graph.items() if "fedcore.resolve" in deps)
+    assert users == ["fedcore.assembly", "fedcore.run", "fedcore.tune"], users
 
 
 ABOVE_THE_LOOP = {"fedcore.run", "fedcore.tune"}  # the entry points: a CLI and the Ray Tune trainables

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import ag_news_uris, needs_ag_news
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.methods.base import LocalContext
 

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from fedcore import lora
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.methods import get_method
 from fedcore.methods.base import ClientUpdate, LocalContext, ServerState
 from fedcore.methods.hetlora import norm_weights, pruned_norm
@@ -187,7 +188,7 @@ def test_ffa_lora_keeps_a_and_aggregates_exactly():
     eq, _ = m.aggregate(g, server((4, 4, 4)), same)
     torch.testing.assert_close(s(R_MAX) * eq[B0].double() @ eq[A0].double(), ideal(A0, B0, same), rtol=1e-5, atol=1e-5)
     # locally, through the engine's loop, A gets no step at all (not even AdamW's weight decay)
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.local import train_local
 
     class Tiny(torch.nn.Module):

@@ -8,7 +8,7 @@ import re
 import optuna
 import pytest
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from sweeps.launch import main
 from sweeps.report_lora import lora_fair_rows, lora_fair_table, rank_collapse_rows
 from tests.conftest import image_folders, launch_and_report, study_configs, study_plan

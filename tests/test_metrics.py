@@ -63,7 +63,7 @@ def test_single_class_client_and_absent_test_class():
 def test_many_medium_few_count_the_whole_training_pool():
     """docs/metrics.md groups classes by their global training count: the pool's, not what the clients
     train on after their local test hold-outs (which would move a class across a threshold)."""
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.data import load_federated
 
     cfg = make_config({}, **{"data.source": "synthetic:topics?classes=3&n=330&test=60", "model.name": "textcnn",
@@ -115,7 +115,7 @@ PLACEHOLDER_CASES = {
 
 @pytest.mark.parametrize("case", list(PLACEHOLDER_CASES))
 def test_the_placeholder_row_has_exactly_the_evaluations_keys(case):
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.federation import Federation
 
     over = {"data.source": "synthetic:topics?n=160&test=40", "data.max_len": 16, "partition.num_clients": 3,

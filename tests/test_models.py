@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.models import build_model, count_params, trainable_names
 
 

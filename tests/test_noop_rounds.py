@@ -26,7 +26,8 @@ import torch
 
 import fedcore.executors.sequential as executors
 from fedcore import lora
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.methods import METHODS
 

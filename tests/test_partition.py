@@ -206,7 +206,7 @@ def test_shards_are_mcmahans_label_sorted_split():
 
 
 def test_classes_kind_through_the_config_and_both_eval_protocols():
-    from fedcore.config import make_config
+    from fedcore.resolve import make_config
     from fedcore.data import load_federated
 
     base = {"data": {"source": "synthetic:topics?classes=6&n=300&test=60", "max_len": 16},

@@ -13,7 +13,8 @@ import ray
 import torch
 from ray import tune
 
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.methods import METHODS, get_method, method_class, plugins
 from fedcore.methods.base import ClientUpdate, ServerState

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fedcore.executors import BatchedLoRAExecutor
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.federation import Federation
 
 BASE = {"data": {"source": "synthetic:topics?n=300&test=80", "max_len": 16},

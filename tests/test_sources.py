@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.data import load_federated
 from fedcore.data.sources import DataSourceError, load_source
 from fedcore.data.tokenize import cache_dir

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fedcore.local as local
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from fedcore.executors import SequentialExecutor
 from fedcore.params import load_state, snapshot
 from fedcore.seeds import Purpose, derive_seed

@@ -18,7 +18,7 @@ import pytest
 import ray
 from ray import tune
 
-from fedcore.config import make_config
+from fedcore.resolve import make_config
 from sweeps.tracking import TrialTracker, note_text, start_parent_run, summarize_launch, summary_metric_name
 
 ROOT = Path(__file__).resolve().parents[1]

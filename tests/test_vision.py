@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fedcore.config import ConfigError, make_config
+from fedcore.config import ConfigError
+from fedcore.resolve import make_config
 from fedcore.data import load_federated
 from fedcore.data.images import derive_domains, read_image_folder
 from fedcore.data.partition import PartitionError, by_domain, dirichlet_label_skew, partition
