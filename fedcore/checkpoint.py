@@ -3,13 +3,15 @@ that a restored run continues exactly as the uninterrupted one would."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedcore.methods.base import ServerState, State
+from fedcore.methods.base import NoRecord, ServerState, State
 
 # 2: the server state as ServerState's fields; 1 (still read): one flat dict with the engine's keys
 # "ranks", "frozen_delta/<param>" and "client/<k>/<name>" beside the method's own
@@ -41,9 +43,9 @@ def to_dict(state: RunState, fingerprint: str) -> dict:
     }
 
 
-def from_dict(sd: dict, fingerprint: str, weights: set[str], device: str) -> RunState:
+def from_dict(sd: dict, fingerprint: str, weights: set[str], device: str, record: type = NoRecord) -> RunState:
     """The state in `sd` (checked against the run's config fingerprint and weight names), with the
-    process's RNG states set to those saved."""
+    process's RNG states set to those saved; the method's own server part as its `record` class."""
     if sd.get("version") not in (1, STATE_VERSION):
         raise ValueError(f"state version {sd.get('version')} is not {STATE_VERSION}")
     if sd["fingerprint"] != fingerprint:
@@ -56,13 +58,14 @@ def from_dict(sd: dict, fingerprint: str, weights: set[str], device: str) -> Run
     np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(rng["python"]), None))
     return RunState(round=int(sd["round"]), global_state={k: v.to(device) for k, v in sd["global"].items()},
-                    server_state=server_from_flat({k: v.to(device) for k, v in sd["server"].items()}, sd["version"]),
+                    server_state=server_from_flat({k: v.to(device) for k, v in sd["server"].items()}, sd["version"],
+                                                  record),
                     history=[dict(h) for h in sd["history"]], last_eval=dict(sd["last_eval"]) or None)
 
 
 def flat_server(server: ServerState) -> dict[str, torch.Tensor]:
     """The server state as one dict of tensors (torch.load(weights_only=True) reads plain dicts)."""
-    out = {f"own/{k}": v for k, v in server.own.items()}
+    out = {f"own/{k}": v for k, v in record_tensors(server.own).items()}
     if server.ranks is not None:
         out["ranks"] = server.ranks
     out.update({f"frozen_delta/{k}": v for k, v in server.frozen_delta.items()})
@@ -70,7 +73,35 @@ def flat_server(server: ServerState) -> dict[str, torch.Tensor]:
     return out
 
 
-def server_from_flat(flat: dict[str, torch.Tensor], version: int) -> ServerState:
+def record_tensors(record: Any) -> dict[str, torch.Tensor]:
+    """A method's record as tensors: a number as a 0-d tensor (int64, or float64), None left out."""
+    out = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, bool | int | float):
+            value = torch.tensor(value, dtype=torch.float64 if isinstance(value, float) else torch.int64)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def record_of(record: type, tensors: dict[str, torch.Tensor]) -> Any:
+    """The record `record_tensors` saved (a field it lacks keeps its default): a field typed int or
+    float gets its number back. The files of runs from before the typed record hold the same
+    tensors under the same names (FLoRA's and LoRA-FAIR's round, HetLoRA's pruned_norm)."""
+    hints = typing.get_type_hints(record)
+    names = {f.name for f in fields(record)}
+    unknown = set(tensors) - names
+    if unknown:
+        raise ValueError(f"the saved server state holds {sorted(unknown)}, which {record.__name__} does not have")
+    values = {}
+    for name, value in tensors.items():
+        kind = hints.get(name)
+        values[name] = int(value) if kind is int else float(value) if kind is float else value
+    return record(**values)
+
+
+def server_from_flat(flat: dict[str, torch.Tensor], version: int, record: type = NoRecord) -> ServerState:
     own, frozen, held, ranks = {}, {}, {}, flat.get("ranks")
     client_prefix = "held/" if version >= 2 else "client/"
     for key, value in flat.items():
@@ -83,7 +114,7 @@ def server_from_flat(flat: dict[str, torch.Tensor], version: int) -> ServerState
             own[key.split("/", 1)[1]] = value
         elif version == 1 and key != "ranks":
             own[key] = value
-    return ServerState(own=own, ranks=ranks, frozen_delta=frozen, held=held)
+    return ServerState(own=record_of(record, own), ranks=ranks, frozen_delta=frozen, held=held)
 
 
 def save(path: str | Path, sd: dict) -> Path:

@@ -24,7 +24,7 @@ from fedcore.data import FederatedData
 from fedcore.evaluation import Evaluator
 from fedcore.executors import choose_executor
 from fedcore.local import DivergedError
-from fedcore.methods.base import ClientPlan, ClientUpdate, ServerState, State
+from fedcore.methods.base import ClientPlan, ClientUpdate, ServerState, State, plan_for
 from fedcore.metrics import lora_round_metrics
 from fedcore.models import count_params
 from fedcore.params import FrozenDeltas, load_state, snapshot
@@ -34,6 +34,14 @@ from fedcore.seeds import Purpose, derive_seed
 STATE_VERSION = checkpoint.STATE_VERSION
 
 
+def own_record(method, own, where: str):
+    """`own` if it is the method's Record (what the checkpoint knows how to save), else a TypeError."""
+    if not isinstance(own, method.Record):
+        raise TypeError(f"method {method.name!r}: {where} a {type(own).__name__} as its own server state; it must be "
+                        f"its Record, {method.Record.__name__} (a frozen dataclass; docs/plugins.md)")
+    return own
+
+
 class Federation:
     def __init__(self, cfg: RunConfig, data: FederatedData | None = None):
         self.resident: Resident = assemble(cfg, data)
@@ -41,7 +49,8 @@ class Federation:
         cfg = self.cfg
         global_state = snapshot(res.params)
         self.initial_state = global_state  # what a client-held copy starts from (never changed in place)
-        server_state = ServerState(own=res.method.init_server_state(global_state))
+        server_state = ServerState(own=own_record(res.method, res.method.init_server_state(global_state),
+                                                  "init_server_state() returned"))
         if res.lora:  # each client's rank (zero beyond it in the r_max model); methods may lower them
             ranks = client_ranks(cfg.model.lora, cfg.partition.num_clients, cfg.seed)
             server_state = server_state.updated(
@@ -95,13 +104,8 @@ class Federation:
 
     def plan(self, cohort: list[int]) -> list[ClientPlan]:
         """Each cohort client's part of the round: what it starts from, its rank and scale."""
-        alpha = self.cfg.model.lora.alpha
-        out = []
-        for k in cohort:
-            rank = self.server_state.rank_of(k)
-            start = partial(self.method.client_start_state, self.global_state, self.server_state, k)
-            out.append(ClientPlan(k, start, rank, alpha / rank if rank is not None else None))
-        return out
+        start = partial(self.method.client_start_state, self.global_state, self.server_state)
+        return [plan_for(k, self.server_state, self.cfg.model.lora.alpha, start) for k in cohort]
 
     def train_cohort(self, cohort: list[int], round_: int) -> list[ClientUpdate]:
         """The cohort's local updates of round `round_`, from the current state (nothing else changes)."""
@@ -121,6 +125,7 @@ class Federation:
         if not isinstance(new_server, ServerState):
             raise TypeError(f"method {self.method.name!r}: aggregate() returned a {type(new_server).__name__} as the "
                             f"server state; return a fedcore.methods.base.ServerState (docs/plugins.md)")
+        own_record(self.method, new_server.own, "aggregate() returned")
         bad = [k for k, v in new_global.items() if not torch.isfinite(v).all()]
         if bad:
             raise DivergedError(f"round {round_}: aggregated weights are not finite ({bad[0]})")
@@ -197,7 +202,8 @@ class Federation:
         return checkpoint.to_dict(self.state, self.cfg.fingerprint())
 
     def load_state_dict(self, sd: dict) -> None:
-        self.state = checkpoint.from_dict(sd, self.cfg.fingerprint(), set(self.global_state), self.cfg.device)
+        self.state = checkpoint.from_dict(sd, self.cfg.fingerprint(), set(self.global_state), self.cfg.device,
+                                          self.method.Record)
         load_state(self.params, self.global_state)
         self.frozen.apply(self.server_state.frozen_delta)
 

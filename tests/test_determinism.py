@@ -138,6 +138,37 @@ def test_a_method_whose_aggregate_returns_a_dict_is_stopped_with_a_message():
         fed.run_round()
 
 
+def test_a_method_record_goes_through_a_checkpoint_and_a_dict_in_its_place_is_stopped():
+    """A method's server record (a frozen dataclass of tensors and numbers) is saved as tensors and
+    read back as the record; an aggregate that keeps its own state in a dict is stopped at once."""
+    from dataclasses import dataclass
+
+    from fedcore.checkpoint import record_of, record_tensors
+
+    @dataclass(frozen=True)
+    class Kept:
+        round: int = 0
+        step: float = 0.5
+        norms: torch.Tensor | None = None
+        spare: torch.Tensor | None = None
+
+    kept = Kept(3, 0.1, torch.tensor([1.0, math.nan], dtype=torch.float64))
+    saved = record_tensors(kept)
+    assert set(saved) == {"round", "step", "norms"} and saved["round"].dtype == torch.int64
+    back = record_of(Kept, saved)
+    assert (back.round, back.step, back.spare) == (3, 0.1, None) and torch.equal(back.norms[:1], kept.norms[:1])
+    assert record_of(Kept, {}) == Kept()
+    with pytest.raises(ValueError, match=r"the saved server state holds \['other'\], which Kept does not have"):
+        record_of(Kept, {"other": torch.zeros(1)})
+
+    fed = Federation(cfg_for("textcnn", rounds=1))
+    aggregate = fed.method.aggregate
+    fed.method.aggregate = lambda g, s, u: (lambda out: (out[0], out[1].updated(own={"round": 1})))(aggregate(g, s, u))
+    with pytest.raises(TypeError, match=r"method 'fedprox': aggregate\(\) returned a dict as its own server state; it "
+                                        r"must be its Record, NoRecord"):
+        fed.run_round()
+
+
 def test_a_figure_in_the_old_client_report_key_is_refused_and_server_figures_are_floats():
     fed = Federation(cfg_for("textcnn", rounds=1))
     aggregate = fed.method.aggregate

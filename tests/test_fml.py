@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.methods import get_method
-from fedcore.methods.base import ClientUpdate, LocalContext, ServerState
+from fedcore.methods.base import ClientUpdate, LocalContext, NoRecord, ServerState, plan_for
 from fedcore.models.mutual import MutualPair
 
 BASE = {"data": {"source": "sklearn:digits"}, "model": {"name": "mlp", "hidden": 16},
@@ -66,11 +66,11 @@ def test_fml_aggregates_only_the_shared_model_and_keeps_each_private_one():
     assert torch.equal(new["private.w"], g["private.w"])  # never averaged
     assert torch.equal(server.held[0]["private.w"], torch.tensor([5.0, 5.0]))
     assert torch.equal(server.held[2]["private.w"], torch.tensor([7.0, 1.0]))
-    assert server.own == {} and set(server.held) == {0, 2}
+    assert server.own == NoRecord() and set(server.held) == {0, 2}
     # a client starts from the global meme model and its own private model (the initial one until it trained)
-    start = method.client_start_state(new, server, 2)
+    start = method.client_start_state(new, server, plan_for(2, server))
     assert torch.equal(start["shared.w"], new["shared.w"]) and torch.equal(start["private.w"], torch.tensor([7.0, 1.0]))
-    assert torch.equal(method.client_start_state(new, server, 1)["private.w"], g["private.w"])
+    assert torch.equal(method.client_start_state(new, server, plan_for(1, server))["private.w"], g["private.w"])
 
 
 def test_an_fml_round_trains_both_models_and_survives_a_checkpoint(tmp_path):

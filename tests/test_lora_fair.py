@@ -7,7 +7,7 @@ import torch
 from fedcore import lora
 from fedcore.methods import get_method
 from fedcore.methods.base import ClientUpdate, ServerState, size_weights
-from fedcore.methods.lora_fair import LoRAFAIRParams, objective, solve_residual
+from fedcore.methods.lora_fair import LoRAFAIRParams, LoRAFAIRRecord, objective, solve_residual
 
 OUT, IN, R = 6, 5, 4  # non-square, so that a transposed factor would fail
 A0, B0 = "blk.0.qkv.lora_A.default.weight", "blk.0.qkv.lora_B.default.weight"
@@ -110,13 +110,13 @@ def test_xavier_start_is_drawn_per_round_and_repeats_when_the_round_is_rerun():
     again, _ = _xavier_start(ServerState())
     second, srv2 = _xavier_start(srv1)
     other_seed, _ = _xavier_start(ServerState(), seed=1)
-    assert int(srv1.own["round"]) == 1 and int(srv2.own["round"]) == 2
+    assert srv1.own.round == 1 and srv2.own.round == 2
     assert torch.equal(first, again)  # the same run's round 1, run twice
     assert (first - second).abs().max() > 0.05 and (first - other_seed).abs().max() > 0.05
     bound = (6 / (OUT + R)) ** 0.5  # xavier-uniform on a [out, r] residual, as the fork's init
     assert 0 < first.abs().max() <= bound and 0 < second.abs().max() <= bound
     # a resumed run carries the counter in its server state: its round 2 is the same draw
-    resumed, _ = _xavier_start(ServerState(own={"round": torch.tensor(1)}))
+    resumed, _ = _xavier_start(ServerState(own=LoRAFAIRRecord(1)))
     assert torch.equal(resumed, second)
 
 
@@ -124,5 +124,5 @@ def test_zero_start_needs_no_randomness_and_counts_rounds():
     ups = updates()
     a, s1 = fair(4.0, server_steps=0).aggregate({}, ServerState(), ups)
     b, s2 = fair(4.0, server_steps=0).aggregate({}, s1, ups)
-    assert torch.equal(a[B0], b[B0]) and int(s2.own["round"]) == 2
+    assert torch.equal(a[B0], b[B0]) and s2.own.round == 2
     assert float(s1.reported["server_objective_end"]) == float(s1.reported["server_objective_start"])

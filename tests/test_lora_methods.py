@@ -10,8 +10,8 @@ from fedcore import lora
 from fedcore.config import ConfigError
 from fedcore.resolve import make_config
 from fedcore.methods import get_method
-from fedcore.methods.base import ClientUpdate, LocalContext, ServerState
-from fedcore.methods.hetlora import norm_weights, pruned_norm
+from fedcore.methods.base import ClientUpdate, LocalContext, ServerState, plan_for
+from fedcore.methods.hetlora import HetLoRARecord, norm_weights, pruned_norm
 from fedcore.methods.raflora import partition_weights
 from fedcore.ranks import client_ranks
 
@@ -153,7 +153,7 @@ def test_flexlora_clients_get_the_best_rank_r_approximation(split):
     dW = ideal(A0, B0)
     U, S, Vh = torch.linalg.svd(dW, full_matrices=False)
     for k, r in enumerate((1, 2, 4)):
-        got = m.client_start_state(new, srv, k)
+        got = m.client_start_state(new, srv, plan_for(k, srv))
         best = U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]
         torch.testing.assert_close(s(r) * got[B0].double() @ got[A0].double(), best, rtol=1e-5, atol=1e-5)
     if split == "B":  # the official code: all of S in B, A = V^T (orthonormal rows)
@@ -222,7 +222,7 @@ def test_hetlora_norm_weights_and_truncation():
     want_b = sum(wk * ck * u.state[B0].double() for wk, ck, u in zip(w.tolist(), c, UPDATES))
     torch.testing.assert_close(new[A0].double(), want_a, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(new[B0].double(), want_b, rtol=1e-6, atol=1e-6)
-    got = m.client_start_state(new, srv, 1)  # rank 2: truncated
+    got = m.client_start_state(new, srv, plan_for(1, srv))  # rank 2: truncated
     assert torch.equal(got[A0][2:], torch.zeros(2, IN)) and torch.equal(got[B0][:, 2:], torch.zeros(OUT, 2))
     torch.testing.assert_close(got[A0][:2], new[A0][:2])
 
@@ -250,13 +250,13 @@ def test_hetlora_pruning_lowers_the_rank_when_the_pruned_norm_falls():
     assert torch.count_nonzero(b_k.detach()[:, 2:]) == 0 and torch.count_nonzero(a_k.detach()[2:]) == 0
     # later rounds compare with where the client ended its previous round (kept by the server)
     ctx2 = LocalContext(2, 0, 10, [(A0, a), (B0, b)], {}, rank=4,
-                        server=ServerState(own={"pruned_norm": torch.tensor([1e-3, 5.0], dtype=torch.float64)}))
+                        server=ServerState(own=HetLoRARecord(torch.tensor([1e-3, 5.0], dtype=torch.float64))))
     m.on_local_start(ctx2)
     assert ctx2.scratch["pruned_norm_ref"] == pytest.approx(1e-3)
     m.on_local_end(ctx2)  # above its last end: the rank stays
     assert ctx2.rank == 4 and ctx2.report["pruned_norm"] == pytest.approx(float(pruned_norm(ctx2.params, 4, 0.5)))
     _, srv = m.aggregate(global_like(), server(), [ClientUpdate(1, 10, UPDATES[0].state, {"pruned_norm": 0.25}, 1)])
-    assert math.isnan(float(srv.own["pruned_norm"][0])) and float(srv.own["pruned_norm"][1]) == 0.25
+    assert math.isnan(float(srv.own.pruned_norm[0])) and float(srv.own.pruned_norm[1]) == 0.25
 
 
 # --- raFLoRA ---------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_rank_collapse_under_flexlora_and_not_under_raflora():
         m = method(name, split="B")
         g, history = start, []
         for _ in range(12):
-            ups = [ClientUpdate(k, n, m.client_start_state(g, srv, k), {}, r)
+            ups = [ClientUpdate(k, n, m.client_start_state(g, srv, plan_for(k, srv)), {}, r)
                    for k, (r, n) in enumerate(zip(ranks, (30, 10, 60)))]
             g, _ = m.aggregate(g, srv, ups)
             history.append(1 - lora.energy_fractions(s(R_MAX) * g[B0].double() @ g[A0].double(), [1])[0])

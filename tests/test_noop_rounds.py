@@ -30,6 +30,7 @@ from fedcore.config import ConfigError
 from fedcore.resolve import make_config
 from fedcore.federation import Federation
 from fedcore.methods import METHODS
+from fedcore.methods.base import plan_for
 
 # What a no-op round does to the rank slots beyond the smallest client rank, from each paper:
 #   "exact": they come back unchanged (the method aggregates exactly what clients hold);
@@ -113,7 +114,7 @@ def effective(fed: Federation) -> dict:
         return got
 
     out["global"] = views(state, r_max)
-    out["clients"] = {k: views(fed.method.client_start_state(state, server, k), r) for k, r in enumerate(ranks)}
+    out["clients"] = {k: views(fed.method.client_start_state(state, server, plan_for(k, server)), r) for k, r in enumerate(ranks)}
     out["r_min"] = r_min
     return out
 
@@ -318,7 +319,8 @@ def test_hetlora_pruning_only_drops_slots(monkeypatch):
                                      "method.params.gamma": 0.5})
     fed = Federation(cfg)
     fed.run_round()
-    start = {k: fed.method.client_start_state(fed.global_state, fed.server_state, k) for k in range(4)}
+    start = {k: fed.method.client_start_state(fed.global_state, fed.server_state, plan_for(k, fed.server_state))
+             for k in range(4)}
     ranks_before = fed.server_state.ranks.tolist()
     no_learning(monkeypatch)
     updates = fed.train_cohort(list(range(4)), 2)

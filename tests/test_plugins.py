@@ -113,6 +113,8 @@ REFUSED = [
      "plugin_pkg.bad:Nameless does not set its own `name` (it inherits 'fedavg')"),
     ("plugin_pkg.bad:HalfPersonal", "module:Class", "plugin_pkg.bad:HalfPersonal personalizes but does not implement "
                                                     "personal_stage() (its stage-2 optimizer and epochs)"),
+    ("plugin_pkg.bad:DictRecord", "module:Class", "plugin_pkg.bad:DictRecord.Record is not a frozen dataclass (the "
+                                                  "method's server record: @dataclass(frozen=True))"),
     ("fedbroken", ORIGIN_EP.format("fedbroken", "plugin_pkg.raises:Anything"),
      "importing module 'plugin_pkg.raises' failed: RuntimeError: plugin settings not found"),
     ("not_a_method", ORIGIN_EP.format("not_a_method", "plugin_pkg.bad:NotAMethod"),

@@ -34,18 +34,21 @@ class ClientUpdate:
 
 
 @dataclass(frozen=True)
+class NoRecord:
+    """The server record of a method that keeps nothing of its own between rounds."""
+
+
+@dataclass(frozen=True)
 class ServerState:
     """What the server keeps between rounds, checkpointed with the run. The engine reads and keeps the
-    named fields; `own` is the method's alone (from init_server_state, then from its aggregate)."""
-    own: State = field(default_factory=dict)
+    named fields; `own` is the method's alone: an instance of its `Record` (a frozen dataclass of
+    tensors and numbers), from init_server_state, then from its aggregate."""
+    own: Any = field(default_factory=NoRecord)
     ranks: torch.Tensor | None = None  # each client's LoRA rank (LoRA runs); the engine records the updates' ranks
     # frozen parameter name -> what is added to its initial value (FLoRA merges its rounds into the base)
     frozen_delta: State = field(default_factory=dict)
     held: dict[int, State] = field(default_factory=dict)  # client -> tensors it keeps between rounds (never averaged)
     reported: dict[str, float] = field(default_factory=dict)  # the method's figures of this aggregation
-
-    def rank_of(self, client: int) -> int | None:
-        return None if self.ranks is None else int(self.ranks[client])
 
     def held_state(self, client: int, names, default: State) -> State:
         """Client `client`'s held tensors (its initial values `default` until it has trained)."""
@@ -64,13 +67,25 @@ def as_reported(value: float) -> float:
 
 @dataclass(frozen=True)
 class ClientPlan:
-    """One client's part of a round, as the engine plans it before the executor runs it."""
+    """One client's part of a round, as the engine plans it before the executor runs it: the one
+    place a client's rank and scale are read from (the executors, the methods and the metrics)."""
     client: int
-    # what the server sends it (Method.client_start_state), made when the executor asks: a
-    # sequential cohort then holds one client's start state at a time, not all of them
-    start_state: Callable[[], State]
     rank: int | None = None  # its LoRA rank (LoRA runs): factors are zero beyond it
     scale: float | None = None  # its LoRA scale alpha / rank
+    # what the server sends it, Method.client_start_state(global, server, this plan), made when the
+    # executor asks: a sequential cohort then holds one client's start state at a time, not all of them
+    make_start: Callable[["ClientPlan"], State] | None = field(default=None, repr=False, compare=False)
+
+    def start_state(self) -> State:
+        return self.make_start(self)
+
+
+def plan_for(client: int, server_state: ServerState, lora_alpha: float | None = None,
+             make_start: Callable[[ClientPlan], State] | None = None) -> ClientPlan:
+    """Client `client`'s plan: its rank as the server state records it, its scale lora_alpha / rank."""
+    rank = None if server_state.ranks is None else int(server_state.ranks[client])
+    scale = lora_alpha / rank if rank is not None and lora_alpha is not None else None
+    return ClientPlan(client, rank, scale, make_start)
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,9 @@ class Method:
     requires_lora: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False  # the data carries a zero-shot teacher's logits ("teacher_logits")
     Params: ClassVar[type[BaseModel]] = NoParams
+    # what the method keeps on the server between rounds (ServerState.own): a frozen dataclass whose
+    # fields are tensors, ints or floats, checkpointed with the run
+    Record: ClassVar[type] = NoRecord
     # a second, private set of the trainable tensors per client, trained after aggregation on top of
     # the frozen global model and evaluated as global + private logits (FedPuReL's stage 2)
     personalizes: ClassVar[bool] = False
@@ -144,14 +162,20 @@ class Method:
         return parsed
 
     # --- server side -------------------------------------------------------------------------
-    def init_server_state(self, global_state: State) -> State:
-        """The method's own server tensors before the first round (ServerState.own)."""
-        return {}
+    def init_server_state(self, global_state: State):
+        """The method's own record before the first round (ServerState.own): a `Record`."""
+        return self.Record()
 
-    def client_start_state(self, global_state: State, server_state: ServerState, client: int) -> State:
-        """What the server sends client `client` (default: the global trainable weights). For LoRA
-        models, server_state.rank_of(client) is the client's rank; the engine zeroes the factors
-        beyond it after loading."""
+    def own(self, server_state: ServerState):
+        """This method's record in `server_state`: a fresh `Record` where it holds none yet (a
+        ServerState() made by hand, as before a first round)."""
+        own = server_state.own
+        return self.Record() if isinstance(own, NoRecord) else own
+
+    def client_start_state(self, global_state: State, server_state: ServerState, plan: ClientPlan) -> State:
+        """What the server sends the client of `plan` (default: the global trainable weights). For LoRA
+        models, plan.rank is the client's rank and plan.scale its alpha / rank; the engine zeroes the
+        factors beyond the rank after loading."""
         return global_state
 
     def aggregate(self, global_state: State, server_state: ServerState,

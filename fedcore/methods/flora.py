@@ -14,6 +14,7 @@ the merged base (the whole update, all ranks included) is unchanged: exact, what
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -41,15 +42,21 @@ def fresh_factors(A: torch.Tensor, B: torch.Tensor, generator: torch.Generator) 
     return fresh.to(A.dtype), torch.zeros_like(B)
 
 
+@dataclass(frozen=True)
+class FLoRARecord:
+    round: int = 0  # the rounds merged into the base so far (seeds each round's fresh adapters)
+
+
 class FLoRA(LoRAMethod):
     name = "flora"
     summary = "FLoRA: stacked adapters (exact sum of p_k s_k B_k A_k) merged into the base; fresh adapters every round"
+    Record = FLoRARecord
 
     def aggregate(self, global_state: State, server_state: ServerState,
                   updates: list[ClientUpdate]) -> tuple[State, ServerState]:
         layers, r_max, alpha = self.layout(updates)
         weights = size_weights(updates)
-        round_ = int(server_state.own.get("round", torch.tensor(0))) + 1
+        round_ = self.own(server_state).round + 1
         gen = torch.Generator().manual_seed(derive_seed(self.seed, round_, 0, Purpose.FLORA_ROUND))
         out, merged_all = self.head_average(updates), dict(server_state.frozen_delta)
         for prefix, (a, b) in layers.items():
@@ -58,4 +65,4 @@ class FLoRA(LoRAMethod):
             merged = merged_all.get(key, torch.zeros(B_st.shape[0], A_st.shape[1], dtype=torch.float64))
             merged_all[key] = (merged.to(torch.float64) + B_st @ A_st).to(torch.float32)
             out[a], out[b] = fresh_factors(global_state[a], global_state[b], gen)
-        return out, server_state.updated(own={**server_state.own, "round": torch.tensor(round_)}, frozen_delta=merged_all)
+        return out, server_state.updated(own=FLoRARecord(round_), frozen_delta=merged_all)

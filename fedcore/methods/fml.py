@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedcore.methods.base import (ClientUpdate, LocalContext, Method, ServerState, State, size_weights,
+from fedcore.methods.base import (ClientPlan, ClientUpdate, LocalContext, Method, ServerState, State, size_weights,
                                   weighted_average)
 from fedcore.models.mutual import MutualPair
 
@@ -41,10 +41,10 @@ class FML(Method):
     def build_model(self, make):
         return MutualPair(make(), make())
 
-    def client_start_state(self, global_state: State, server_state: ServerState, client: int) -> State:
+    def client_start_state(self, global_state: State, server_state: ServerState, plan: ClientPlan) -> State:
         private = [k for k in global_state if k.startswith(PRIVATE)]
         # the global state's private tensors are the initial private model
-        return {**global_state, **server_state.held_state(client, private, global_state)}
+        return {**global_state, **server_state.held_state(plan.client, private, global_state)}
 
     def local_loss(self, logits: torch.Tensor, labels: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
         p = self.params

@@ -20,6 +20,7 @@ the smallest rank)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -55,10 +56,18 @@ def pruned_norm(params, rank: int, gamma: float) -> torch.Tensor:
     return total
 
 
+@dataclass(frozen=True)
+class HetLoRARecord:
+    # each client's pruned-part norm at the end of its last round (NaN: none yet, or just pruned): the
+    # reference its next round's pruning is judged against; None before the first aggregation
+    pruned_norm: torch.Tensor | None = None
+
+
 class HetLoRA(LoRAMethod):
     name = "hetlora"
     summary = "HetLoRA: zero-padded factors averaged with norm weights, truncated per client; rank self-pruning"
     Params = HetLoRAParams
+    Record = HetLoRARecord
 
     def _prunable(self, ctx: LocalContext) -> bool:
         return (self.params.prune_lambda > 0 and ctx.rank is not None
@@ -66,7 +75,7 @@ class HetLoRA(LoRAMethod):
 
     def on_local_start(self, ctx: LocalContext) -> None:
         if self._prunable(ctx):  # reference: the norm this client reached last time, else its start
-            last = ctx.server.own.get("pruned_norm")
+            last = self.own(ctx.server).pruned_norm
             ref = float(last[ctx.client]) if last is not None else math.nan
             if math.isnan(ref):
                 with torch.no_grad():
@@ -97,7 +106,8 @@ class HetLoRA(LoRAMethod):
             w = norm_weights(updates, alpha, r_max, a, b)
             out.update(lora.scaled_factor_average(updates, w, alpha, r_max, {prefix: (a, b)}, self.params.fold))
         clients = len(server_state.ranks) if server_state.ranks is not None else 1 + max(u.client for u in updates)
-        norms = server_state.own.get("pruned_norm", torch.full((clients,), math.nan, dtype=torch.float64)).clone()
+        last = self.own(server_state).pruned_norm
+        norms = torch.full((clients,), math.nan, dtype=torch.float64) if last is None else last.clone()
         for u in updates:
             norms[u.client] = u.metrics.get("pruned_norm", math.nan)
-        return out, server_state.updated(own={**server_state.own, "pruned_norm": norms})
+        return out, server_state.updated(own=HetLoRARecord(norms))

@@ -3,7 +3,7 @@ with FedAvg's size weights, and a client receives the global factors rescaled to
 from __future__ import annotations
 
 from fedcore import lora
-from fedcore.methods.base import (ClientUpdate, Method, ServerState, State, is_lora_key, size_weights,
+from fedcore.methods.base import (ClientPlan, ClientUpdate, Method, ServerState, State, is_lora_key, size_weights,
                                   weighted_average)
 
 
@@ -11,9 +11,8 @@ class LoRAMethod(Method):
     requires_lora = True
     handles_mixed_ranks = True
 
-    def client_start_state(self, global_state: State, server_state: ServerState, client: int) -> State:
-        rank = server_state.rank_of(client)
-        rank = lora.resident_rank(global_state) if rank is None else rank
+    def client_start_state(self, global_state: State, server_state: ServerState, plan: ClientPlan) -> State:
+        rank = lora.resident_rank(global_state) if plan.rank is None else plan.rank
         return lora.for_client(global_state, rank, self.lora_alpha)
 
     @staticmethod

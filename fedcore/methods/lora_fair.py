@@ -31,6 +31,7 @@ lambda and server_lr mean the same whatever alpha is. (Solving on s_max * B_bar 
 act as lambda * s_max, and the step as server_lr / s_max^2, in raw units.)"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -101,11 +102,17 @@ def solve_residual(ideal: dict[str, torch.Tensor], B_bar: dict[str, torch.Tensor
     return best_delta, {"server_objective_start": start, "server_objective_end": best, "server_steps_run": float(steps)}
 
 
+@dataclass(frozen=True)
+class LoRAFAIRRecord:
+    round: int = 0  # the aggregations so far (seeds each round's server draws)
+
+
 class LoRAFAIR(LoRAMethod):
     name = "lora_fair"
     summary = ("LoRA-FAIR: FedIT averages (mixed ranks: each slot over its holders) plus a server residual on B "
                "towards the ideal update (cosine + lambda norm)")
     Params = LoRAFAIRParams
+    Record = LoRAFAIRRecord
 
     def aggregate(self, global_state: State, server_state: ServerState,
                   updates: list[ClientUpdate]) -> tuple[State, ServerState]:
@@ -115,7 +122,7 @@ class LoRAFAIR(LoRAMethod):
         ideal = {p: lora.holder_ideal(updates, weights, alpha, r_max, a, b, global_state) for p, (a, b) in layers.items()}
         A_bar = {p: averaged[a].to(torch.float64) for p, (a, b) in layers.items()}
         B_bar = {p: averaged[b].to(torch.float64) for p, (a, b) in layers.items()}  # raw, at the resident scale
-        round_ = int(server_state.own.get("round", torch.tensor(0))) + 1
+        round_ = self.own(server_state).round + 1
         with torch.enable_grad():
             delta, stats = solve_residual(ideal, B_bar, A_bar, self.params, self.generator(round_))
         out = self.head_average(updates)
@@ -128,7 +135,7 @@ class LoRAFAIR(LoRAMethod):
             out[a], out[b] = averaged[a], B_new.to(averaged[b].dtype)
         metrics = {"cos_ideal_avg": sum(cos_avg) / len(cos_avg), "cos_ideal_corrected": sum(cos_fixed) / len(cos_fixed),
                    "cos_Bprime_Bbar": sum(cos_b) / len(cos_b), **stats}
-        return out, server_state.updated(own={**server_state.own, "round": torch.tensor(round_)},
+        return out, server_state.updated(own=LoRAFAIRRecord(round_),
                                          reported={k: as_reported(v) for k, v in metrics.items()})
 
     def generator(self, round_: int) -> torch.Generator:

@@ -11,6 +11,8 @@ for a built-in name, so a broken plugin only matters to a config that names it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import importlib.metadata
 import re
@@ -70,6 +72,14 @@ def check_method_class(cls: object, where: str) -> str | None:
             return f"{where}.{flag} is {value!r}; allowed: True or False"
     if not isinstance(cls.mixed_ranks_refusal, str) or not cls.mixed_ranks_refusal.strip():
         return f"{where}.mixed_ranks_refusal is not a sentence (the config quotes it when it refuses mixed ranks)"
+    record = cls.Record
+    if not (dataclasses.is_dataclass(record) and isinstance(record, type)
+            and record.__dataclass_params__.frozen):
+        return f"{where}.Record is not a frozen dataclass (the method's server record: @dataclass(frozen=True))"
+    missing = [f.name for f in dataclasses.fields(record)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        return f"{where}.Record has no default for {missing[0]!r}; every field needs one (its value before round 1)"
     if cls.aggregate is Method.aggregate:
         return f"{where} does not implement aggregate()"
     if cls.personalizes and cls.personal_loss is Method.personal_loss:
