@@ -42,6 +42,7 @@ from search_spaces.distributions import format_distribution
 import sweeps.storage as storage_mod
 from sweeps.guards import LaunchLock, check_address, check_resources, stop_like_ctrl_c, wait_until_placeable
 from sweeps.schedule import CELL, STAGE
+from sweeps.prune import PruneFinished
 from sweeps.round_log import RoundCsv, RoundJson
 from sweeps.trim import TrimFinished
 
@@ -397,7 +398,7 @@ def run_trials(entries, args, profile, study, resources, parent_run_id: str, tun
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 storage_path=tune_dir, name=TRIALS, verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                callbacks=[storage_mod.StorageWatch(tune_dir), TrimFinished(), RoundJson(), RoundCsv(), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
+                callbacks=[storage_mod.StorageWatch(tune_dir), TrimFinished(), PruneFinished(), RoundJson(), RoundCsv(), Progress(rounds, study.objectives, len(cells) * (args.num_samples + args.seeds)),
                            TrialTracker(args.tracking_uri, study.name, parent_run_id,
                                         {e["name"]: {**e["cell"], "name": e["name"]} for e in entries},
                                         {e["name"]: data_tags(e["data"]) for e in entries}, outbox_dir=tune_dir)]))

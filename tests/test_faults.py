@@ -163,6 +163,10 @@ def test_sigterm_then_sigkill_then_resume_loses_nothing_and_repeats_nothing(tmp_
     children = [c for c in children if c.info.lifecycle_stage == "active"]
     names = [c.data.tags["trial_name"] for c in children]
     assert len(children) == 3 + 3 and len(set(names)) == 6, names
+    # every finished trial, those of the killed drivers included, keeps its last checkpoint only
+    for trial_id in {n.rsplit("_", 1)[-1] for n in names}:
+        kept = [c.name for c in results[trial_id].parent.glob("checkpoint_*")]
+        assert len(kept) == 1, (trial_id, kept)
     for child in children:
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "worst_client_acc")]
@@ -248,3 +252,23 @@ def test_storage_problem_says_what_is_wrong(tmp_path):
         "MiB free, below the 1000000000 MiB a launch keeps for its checkpoints and state")
     (tmp_path / "f").write_text("x")
     assert storage_problem(str(tmp_path / "f" / "runs")) == f"{tmp_path / 'f'} is a file, not a folder"
+
+
+def test_checkpoints_are_pruned_only_for_trials_the_saved_state_records_as_finished(tmp_path):
+    """sweeps/prune.py reads Tune's newest saved experiment state; a state it cannot read (another
+    Ray's format, a file cut short) prunes nothing."""
+    import json
+
+    from sweeps.prune import terminated_in_saved_state
+
+    assert terminated_in_saved_state(tmp_path) is None  # nothing saved yet
+    entry = lambda tid, status: [json.dumps({"trial_id": tid, "status": status}), "{}"]  # noqa: E731
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [entry("a", "TERMINATED"), entry("b", "RUNNING")]}))
+    assert terminated_in_saved_state(tmp_path) == {"a"}
+    newer = tmp_path / "experiment_state-2026-01-01_00-00-09.json"
+    newer.write_text(json.dumps({"trial_data": [entry("a", "TERMINATED"), entry("b", "TERMINATED")]}))
+    os.utime(newer, (time.time() + 5, time.time() + 5))
+    assert terminated_in_saved_state(tmp_path) == {"a", "b"}  # the newest state is the one a resume reads
+    newer.write_text('{"trial_data": [["{\\"trial_id\\": \\"a\\"')
+    assert terminated_in_saved_state(tmp_path) is None

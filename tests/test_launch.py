@@ -74,6 +74,10 @@ def test_real_launch_of_one_cell(tmp_path):
     assert [int(k) for k, _ in ended] == [1, 2, 3, 4] and ended[0][1] and not ended[-1][1]
     [launch_dir] = tmp_path.glob("fairness_paradox-smoke-*")
     assert (launch_dir / "trials").is_dir()  # one Tune experiment for the launch
+    # a finished trial keeps its last checkpoint only (sweeps/prune.py): its last round's
+    for trial in (launch_dir / "trials").glob("textcnn-*"):
+        reports = len((trial / "result.json").read_text().splitlines())
+        assert [c.name for c in trial.glob("checkpoint_*")] == [f"checkpoint_{reports - 1:06d}"], trial.name
 
     # MLflow: one parent run for the launch, one child per trial (2 tuning + 2 seeds), every round
     # a step of the objectives, and the tables and plot as artifacts
