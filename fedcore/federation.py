@@ -120,7 +120,8 @@ class Federation:
         t0 = time.perf_counter()
         round_ = self.round + 1
         cohort = self.sample_clients(round_)
-        updates = self.train_cohort(cohort, round_)
+        plans = self.plan(cohort)  # kept for the round's LoRA figures (what each client was sent)
+        updates = self.executor.run(self.resident, plans, round_, self.server_state)
         new_global, new_server = self.method.aggregate(self.global_state, self.server_state, updates)
         if not isinstance(new_server, ServerState):
             raise TypeError(f"method {self.method.name!r}: aggregate() returned a {type(new_server).__name__} as the "
@@ -136,7 +137,7 @@ class Federation:
             for u in updates:
                 ranks[u.client] = u.rank
             new_server = new_server.updated(ranks=ranks)
-        prev_global, prev_ranks, prev_server = self.global_state, self.server_state.ranks, self.server_state
+        prev_global, prev_server = self.global_state, self.server_state
         self.state.global_state, self.state.server_state, self.state.round = new_global, new_server, round_
         self.frozen.apply(self.server_state.frozen_delta)
         if self.method.personalizes:  # stage 2, on the just-aggregated global branch
@@ -155,7 +156,7 @@ class Federation:
             metrics[key] = float(np.average([u.reported[key] for u in updates], weights=n))
         if self.lora:
             metrics.update(lora_round_metrics(self.cfg.model.lora, self.global_state, self.server_state, updates,
-                                              prev_global, prev_ranks, prev_server))
+                                              prev_global, plans, prev_server))
         t_train = time.perf_counter() - t0
         evaluated = round_ % self.cfg.eval.every == 0 or round_ == self.cfg.rounds
         if evaluated:

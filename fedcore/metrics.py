@@ -267,7 +267,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, prev_ranks,
+def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, plans,
                        prev_server=None) -> dict[str, float]:
     """Rank-collapse and communication metrics of a LoRA round (docs/metrics.md "LoRA rounds"; docs/methods.md "raFLoRA").
 
@@ -280,7 +280,8 @@ def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, p
     over layers; `energy_outside_shared_layer0` is the first LoRA layer alone.
     `round_energy_outside_shared` is the same share for this round's increment of the global update
     (what the round added; for FLoRA the increment it merged). Bytes count LoRA factors up to each
-    client's rank."""
+    client's rank: an update's own (`rank`, after the round), what it was sent at the rank of its
+    `ClientPlan` (`plans`, the round's, one per update)."""
     import torch  # here: the reports read this schema without loading torch
 
     from fedcore import lora
@@ -319,7 +320,7 @@ def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, p
         return lora.nbytes(state, {k: rank for k in state if "lora_" in k} if rank else None)
 
     out["comm_bytes_up"] = float(sum(sent(u.state, u.rank) for u in updates))
-    out["comm_bytes_down"] = float(sum(sent(prev_global, int(prev_ranks[u.client])) for u in updates))
+    out["comm_bytes_down"] = float(sum(sent(prev_global, p.rank) for p in plans))
     return out
 
 
