@@ -74,20 +74,30 @@ def flat_server(server: ServerState) -> dict[str, torch.Tensor]:
 
 
 def record_tensors(record: Any) -> dict[str, torch.Tensor]:
-    """A method's record as tensors: a number as a 0-d tensor (int64, or float64), None left out."""
+    """A method's record as tensors: a number as a 0-d tensor (bool, int64 or float64), None left out."""
     out = {}
     for f in fields(record):
         value = getattr(record, f.name)
         if isinstance(value, bool | int | float):
-            value = torch.tensor(value, dtype=torch.float64 if isinstance(value, float) else torch.int64)
+            dtype = torch.bool if isinstance(value, bool) else torch.int64 if isinstance(value, int) else torch.float64
+            value = torch.tensor(value, dtype=dtype)
+        elif value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{type(record).__name__}.{f.name} is a {type(value).__name__}; a method's record holds "
+                            f"tensors, bools, ints, floats or None (docs/plugins.md)")
         if value is not None:
             out[f.name] = value
     return out
 
 
+def _number_kind(hint: Any) -> type | None:
+    """bool, int or float where a field is typed so (or as that or None); None for a tensor field."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
+    return next((k for k in (bool, int, float) if args == [k]), None)
+
+
 def record_of(record: type, tensors: dict[str, torch.Tensor]) -> Any:
-    """The record `record_tensors` saved (a field it lacks keeps its default): a field typed int or
-    float gets its number back. The files of runs from before the typed record hold the same
+    """The record `record_tensors` saved (a field it lacks keeps its default): a field typed bool, int
+    or float gets its number back. The files of runs from before the typed record hold the same
     tensors under the same names (FLoRA's and LoRA-FAIR's round, HetLoRA's pruned_norm)."""
     hints = typing.get_type_hints(record)
     names = {f.name for f in fields(record)}
@@ -96,8 +106,8 @@ def record_of(record: type, tensors: dict[str, torch.Tensor]) -> Any:
         raise ValueError(f"the saved server state holds {sorted(unknown)}, which {record.__name__} does not have")
     values = {}
     for name, value in tensors.items():
-        kind = hints.get(name)
-        values[name] = int(value) if kind is int else float(value) if kind is float else value
+        kind = _number_kind(hints.get(name))
+        values[name] = kind(value.item()) if kind is not None else value
     return record(**values)
 
 

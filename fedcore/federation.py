@@ -10,6 +10,7 @@ after round t therefore continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import time
+from typing import Any
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from fedcore.data import FederatedData
 from fedcore.evaluation import Evaluator
 from fedcore.executors import choose_executor
 from fedcore.local import DivergedError
-from fedcore.methods.base import ClientPlan, ClientUpdate, ServerState, State, plan_for
+from fedcore.methods.base import ClientPlan, ClientUpdate, Method, ServerState, State, plan_for
 from fedcore.metrics import lora_round_metrics
 from fedcore.models import count_params
 from fedcore.params import FrozenDeltas, load_state, snapshot
@@ -34,7 +35,7 @@ from fedcore.seeds import Purpose, derive_seed
 STATE_VERSION = checkpoint.STATE_VERSION
 
 
-def own_record(method, own, where: str):
+def own_record(method: Method, own: Any, where: str) -> Any:
     """`own` if it is the method's Record (what the checkpoint knows how to save), else a TypeError."""
     if not isinstance(own, method.Record):
         raise TypeError(f"method {method.name!r}: {where} a {type(own).__name__} as its own server state; it must be "

@@ -29,8 +29,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # types only: the reports read this schema without loading torch
+    from fedcore.config import LoraConfig
+    from fedcore.methods.base import ClientPlan, ClientUpdate, ServerState, State
 
 
 @dataclass(frozen=True)
@@ -267,8 +272,9 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def lora_round_metrics(lcfg, global_state, server_state, updates, prev_global, plans,
-                       prev_server=None) -> dict[str, float]:
+def lora_round_metrics(lcfg: LoraConfig, global_state: State, server_state: ServerState, updates: list[ClientUpdate],
+                       prev_global: State, plans: list[ClientPlan], prev_server: ServerState | None = None
+                       ) -> dict[str, float]:
     """Rank-collapse and communication metrics of a LoRA round (docs/metrics.md "LoRA rounds"; docs/methods.md "raFLoRA").
 
     The global update of layer l is everything the federation has added to its frozen base weight:

@@ -34,6 +34,8 @@ class Purpose(IntEnum):
     CLIENT_CAP = 0xCA9  # a client's cap on its training samples (per client)
     TEACHER_DRAW = 0x7EAC4  # each client's teacher, drawn from teacher.per_client
     TEACHER_HEAD = 0xF17E  # a client's fine-tuned teacher head (per client)
+    LONG_TAIL = 0x17  # which samples of each class a long-tailed pool keeps
+    DERIVED_DOMAINS = 0xD0  # which images get which derived domain (style) of an image source
 
 
 def derive_seed(seed: int, round_: int, client: int, purpose: Purpose) -> int:

@@ -25,11 +25,13 @@ CHECK_EVERY_S = 30.0  # reading the saved state costs a parse of a file that gro
 def terminated_in_saved_state(experiment_dir: Path) -> set[str] | None:
     """Ids of the trials that the newest saved experiment state records as TERMINATED; None where it
     cannot be read."""
-    states = sorted(experiment_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # the newest by its name's timestamp, as Tune's restore picks it: each driver writes its own file,
+    # and the storage's copies of all of them get the same mtime when Tune syncs the folder
+    states = sorted(p.name for p in experiment_dir.glob("experiment_state-*.json"))
     if not states:
         return None
     try:
-        data = json.loads(states[-1].read_text())
+        data = json.loads((experiment_dir / states[-1]).read_text())
         out = set()
         for entry in data["trial_data"]:
             trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from fedcore.metrics import GAP, MEAN_CLIENT_ACC, WORST_CLIENT_ACC
+from fedcore.metrics import GAP, GLOBAL_ACC, MEAN_CLIENT_ACC, WORST_CLIENT_ACC
 from sweeps.report_common import (INTERVAL_NOTE, data_names, data_note, is_paper_data, methods_ref, no_reference, pct,
                                   pct_header, plot_curves, pm, pm_head, stat, titled, write_csv, zero_shot_records)
 
@@ -143,7 +143,7 @@ def lora_fair_rows(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         table, label, ref = refs[setting]
         row: dict[str, Any] = {"setting": setting, "method": method, "seeds": len(rs),
                                **{f"domain_acc/{d}": stat(rs, f"domain_acc/{d}") for d in domains},
-                               "avg": stat(rs, "domain_avg_acc" if domains else "global_acc"),
+                               "avg": stat(rs, "domain_avg_acc" if domains else GLOBAL_ACC),
                                WORST_CLIENT_ACC: stat(rs, WORST_CLIENT_ACC),
                                "paper": ref.get(method), "paper_table": table, "paper_setting": label}
         row["paper_ref"] = label if row["paper"] is not None else ""  # what the paper column's value is
@@ -189,7 +189,7 @@ def lora_fair_report(client, parent, records, out: Path, contrasts=()) -> tuple[
     header, values = _csv_columns([f"domain_acc/{d}" for d in domains] + ["avg", WORST_CLIENT_ACC])
     write_csv(files[0], ["setting", "method", "seeds", *header, "paper_%", "paper_ref"],
               ([r["setting"], r["method"], r["seeds"], *values(r), r["paper"], r["paper_ref"]] for r in rows))
-    plot_curves(client, groups, "domain_avg_acc" if domains else "global_acc", files[1], panels=panels,
+    plot_curves(client, groups, "domain_avg_acc" if domains else GLOBAL_ACC, files[1], panels=panels,
                 series=list(LORA_FAIR_METHODS), ylabel="accuracy (%)",
                 title=titled("test accuracy over rounds", records))
     return lora_fair_table(rows, domains, data_names(records)), files

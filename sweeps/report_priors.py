@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fedcore.metrics import BALANCEDNESS, GLOBAL_ACC, MEAN_CLIENT_ACC
 from sweeps.report_common import (INTERVAL_NOTE, PM_WIDTH, Line, data_names, data_note, is_paper_data, methods_ref, no_reference,
                                   half_width, pct, pct_header, plot_curves, plot_lines, pm, pm_head, stat, titled, write_csv,
                                   zero_shot_records)
@@ -29,8 +30,8 @@ FEDPUREL_PAPER = (f"paper ({FEDPUREL_NAME}, CIFAR-100-LT, IF 100, beta 1, CLIP V
                   f"{methods_ref('FedPuReL')}): zero-shot GM 64.82; FedPuReL GM 69.77 / PM 73.37, balancedness "
                   "GM 27.87 / PM 30.02; with plain KL GM 67.92 / PM 71.62, balancedness 25.03 / 27.84")
 COLUMNS = ("all", "many", "medium", "few", "balancedness")
-GM = ("global_acc", "many_acc", "medium_acc", "few_acc", "balancedness")
-PM = ("mean_client_acc", "local_many_acc", "local_medium_acc", "local_few_acc", "local_balancedness")
+GM = (GLOBAL_ACC, "many_acc", "medium_acc", "few_acc", BALANCEDNESS)
+PM = (MEAN_CLIENT_ACC, "local_many_acc", "local_medium_acc", "local_few_acc", "local_balancedness")
 
 
 def _short(name: str) -> str:

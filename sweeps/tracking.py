@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from fedcore.metrics import SUMMARY_KEYS
+from fedcore.metrics import MEAN_CLIENT_ACC, SUMMARY_KEYS
 from sweeps.report_common import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -624,7 +624,7 @@ def write_artifacts(result: dict[str, Any], directory: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(clients)), 3))
         vals = [0.0 if math.isnan(v) else v for _, v in clients]
         ax.bar([c for c, _ in clients], vals, color="tab:blue")
-        ax.axhline(result.get("mean_client_acc", math.nan), color="k", ls="--", lw=1, label="mean")
+        ax.axhline(result.get(MEAN_CLIENT_ACC, math.nan), color="k", ls="--", lw=1, label="mean")
         ax.set_xlabel("client")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)

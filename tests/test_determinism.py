@@ -151,13 +151,19 @@ def test_a_method_record_goes_through_a_checkpoint_and_a_dict_in_its_place_is_st
         step: float = 0.5
         norms: torch.Tensor | None = None
         spare: torch.Tensor | None = None
+        warm: bool = False
+        last: int | None = None
 
-    kept = Kept(3, 0.1, torch.tensor([1.0, math.nan], dtype=torch.float64))
+    kept = Kept(3, 0.1, torch.tensor([1.0, math.nan], dtype=torch.float64), warm=True, last=7)
     saved = record_tensors(kept)
-    assert set(saved) == {"round", "step", "norms"} and saved["round"].dtype == torch.int64
+    assert set(saved) == {"round", "step", "norms", "warm", "last"} and saved["round"].dtype == torch.int64
     back = record_of(Kept, saved)
-    assert (back.round, back.step, back.spare) == (3, 0.1, None) and torch.equal(back.norms[:1], kept.norms[:1])
+    assert (back.round, back.step, back.spare, back.warm, back.last) == (3, 0.1, None, True, 7)
+    assert type(back.round) is int and type(back.warm) is bool and type(back.last) is int
+    assert torch.equal(back.norms[:1], kept.norms[:1])
     assert record_of(Kept, {}) == Kept()
+    with pytest.raises(TypeError, match=r"Kept.spare is a str; a method's record holds tensors"):
+        record_tensors(Kept(spare="x"))
     with pytest.raises(ValueError, match=r"the saved server state holds \['other'\], which Kept does not have"):
         record_of(Kept, {"other": torch.zeros(1)})
 

@@ -268,7 +268,8 @@ def test_checkpoints_are_pruned_only_for_trials_the_saved_state_records_as_finis
     assert terminated_in_saved_state(tmp_path) == {"a"}
     newer = tmp_path / "experiment_state-2026-01-01_00-00-09.json"
     newer.write_text(json.dumps({"trial_data": [entry("a", "TERMINATED"), entry("b", "TERMINATED")]}))
-    os.utime(newer, (time.time() + 5, time.time() + 5))
-    assert terminated_in_saved_state(tmp_path) == {"a", "b"}  # the newest state is the one a resume reads
+    # the newest by name is the one a resume reads, whatever the files' times (a sync copies them all)
+    os.utime(newer, (time.time() - 60, time.time() - 60))
+    assert terminated_in_saved_state(tmp_path) == {"a", "b"}
     newer.write_text('{"trial_data": [["{\\"trial_id\\": \\"a\\"')
     assert terminated_in_saved_state(tmp_path) is None

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedcore.seeds import Purpose
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DERIVED_DOMAINS = ("identity", "gray", "invert", "blur", "lowcontrast")
 
@@ -99,7 +101,7 @@ def derive_domains(images: np.ndarray, names: list[str], seed: int = 0) -> tuple
     if unknown:
         raise ValueError(f"unknown derived domain(s) {unknown}; allowed: {', '.join(DERIVED_DOMAINS)}")
     n = len(images)
-    perm = np.random.default_rng([seed, 0xD0]).permutation(n)
+    perm = np.random.default_rng([seed, Purpose.DERIVED_DOMAINS]).permutation(n)
     domain = np.empty(n, dtype=np.int64)
     domain[perm] = np.arange(n) % len(names)
     out = images.copy()

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from fedcore.seeds import Purpose
+
 
 def long_tail_counts(num_samples: int, num_classes: int, imbalance_factor: float) -> list[int]:
     if imbalance_factor < 1:
@@ -25,7 +27,7 @@ def long_tail_subsample(labels: np.ndarray, imbalance_factor: float, seed: int) 
     """Sorted indices of a long-tailed subset of `labels` (classes in index order, head first)."""
     num_classes = int(labels.max()) + 1
     counts = long_tail_counts(len(labels), num_classes, imbalance_factor)
-    rng = np.random.default_rng([seed, 0x17])
+    rng = np.random.default_rng([seed, Purpose.LONG_TAIL])
     picked = []
     for c, n in enumerate(counts):
         idx = np.where(labels == c)[0]

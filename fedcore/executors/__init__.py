@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Protocol
 
 import torch
 
@@ -14,12 +15,22 @@ from fedcore.data.tokenize import cache_dir
 from fedcore.executors import batched
 from fedcore.executors.batched import BatchedLoRAExecutor, refusal
 from fedcore.executors.sequential import SequentialExecutor
-from fedcore.methods.base import State
+from fedcore.methods.base import ClientPlan, ClientUpdate, ServerState, State
 
-__all__ = ["BatchedLoRAExecutor", "SequentialExecutor", "choose_executor", "refusal"]
+__all__ = ["BatchedLoRAExecutor", "Executor", "SequentialExecutor", "choose_executor", "refusal"]
 
 
-def choose_executor(res: Resident, global_state: State):
+class Executor(Protocol):
+    """What the round loop asks of an executor: a cohort's local updates, one per plan, from the
+    server state of the round. Stage 2 of a personalizing method is the sequential executor's only
+    (`SequentialExecutor.personalize`): the batched one refuses personalizing methods (`refusal`)."""
+    name: str
+
+    def run(self, res: Resident, plan: list[ClientPlan], round_: int, server_state: ServerState
+            ) -> list[ClientUpdate]: ...
+
+
+def choose_executor(res: Resident, global_state: State) -> tuple[Executor, str]:
     """(executor, why): the configured one, or with `auto` the faster of sequential and batched for this
     model, device and batch shape (measured once, cached in the tensor cache directory)."""
     cfg = res.cfg

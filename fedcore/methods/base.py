@@ -4,7 +4,7 @@ Shaped after pfl-research's FederatedAveraging and Flower's Strategy: a small cl
 typed hyperparameters. Weights travel as dicts name -> tensor over the model's trainable
 parameters; frozen weights stay in the one resident model and never travel. What the server keeps
 between rounds is a `ServerState`: the parts the engine reads are named fields, the method's own
-tensors are its `own` dict.
+part is its `own` record (an instance of the method's `Record`, a frozen dataclass).
 """
 from __future__ import annotations
 
