@@ -60,12 +60,11 @@ class PruneFinished(tune.Callback):
     """Deletes a finished trial's older checkpoints once Tune's saved state says it finished."""
 
     def __init__(self):
-        self._finished: dict = {}  # trial -> when it completed, until pruned
+        self._finished: set = set()  # trials completed in this driver and not yet pruned
         self._next = 0.0
-        self.pruned = 0  # checkpoint folders deleted by this driver
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finished[trial] = time.time()
+        self._finished.add(trial)
 
     def on_step_begin(self, iteration, trials, **info):
         now = time.monotonic()
@@ -89,11 +88,11 @@ class PruneFinished(tune.Callback):
             return
         for trial in trials:
             if trial.trial_id in done and trial.status == "TERMINATED":
-                self.pruned += prune_checkpoints(trial)
-                self._finished.pop(trial, None)
+                prune_checkpoints(trial)
+                self._finished.discard(trial)
 
     def __getstate__(self):  # pickled with the experiment: trials and clocks are this driver's
-        return {"pruned": 0}
+        return {}
 
     def __setstate__(self, state):
         self.__init__()
